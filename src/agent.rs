@@ -1,0 +1,363 @@
+//! The agent: one independent loop per source that owns all timing — when to fetch, how long
+//! to back off, when to retry a sink — and records what happened in metrics, logs and status.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{Config, RefreshPolicy, RetryPolicy};
+use crate::metrics::Metrics;
+use crate::schedule::{refresh_delay, Backoff};
+use crate::sink::{Sink, Written};
+use crate::source::http::{cause_chain, HttpClients};
+use crate::source::{BuildError, FetchError, Source};
+use crate::status::Status;
+use crate::token::Token;
+
+/// Longest sleep between two looks at the wall clock, so a clock that jumps (backwards, or
+/// forwards after a suspend) is noticed within this time.
+const CLOCK_CHECK_PERIOD: Duration = Duration::from_secs(30);
+
+/// How often the liveness heartbeat ticks.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+
+/// State shared by the source loops and the HTTP server.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub status: Status,
+    pub clock: Clock,
+    fetch_permits: Semaphore,
+}
+
+/// A source could not be built (a CA file is unreadable, …); names the source.
+#[derive(Debug, thiserror::Error)]
+#[error("source `{source_name}`: {error}")]
+pub struct AgentBuildError {
+    pub source_name: String,
+    #[source]
+    pub error: BuildError,
+}
+
+struct SourceRunner {
+    name: String,
+    kind: &'static str,
+    source: Source,
+    sinks: Vec<(Sink, String)>,
+    refresh: RefreshPolicy,
+    retry: RetryPolicy,
+}
+
+pub struct Agent {
+    runners: Vec<SourceRunner>,
+    shared: Arc<Shared>,
+}
+
+/// Outcome of one source in `once` mode.
+#[derive(Debug)]
+pub struct OnceOutcome {
+    pub source: String,
+    pub required: bool,
+    pub result: Result<(), String>,
+}
+
+impl Agent {
+    pub fn build(config: &Config, clock: Clock) -> Result<Agent, AgentBuildError> {
+        let shared = Arc::new(Shared {
+            metrics: Metrics::new(),
+            status: Status::default(),
+            clock,
+            fetch_permits: Semaphore::new(config.max_concurrent_fetches.max(1)),
+        });
+        let clients = HttpClients::default();
+        let mut runners = Vec::with_capacity(config.sources.len());
+        for s in &config.sources {
+            let http = s.http.resolve(&config.defaults.http);
+            let source = s
+                .spec
+                .build(&http, &clients)
+                .map_err(|error| AgentBuildError { source_name: s.name.clone(), error })?;
+            let sinks = s
+                .sinks
+                .iter()
+                .map(|c| {
+                    let sink = c.build(&s.name, &config.defaults.file);
+                    let label = sink.label();
+                    (sink, label)
+                })
+                .collect();
+            shared.status.register(&s.name, s.required);
+            runners.push(SourceRunner {
+                name: s.name.clone(),
+                kind: s.spec.kind(),
+                source,
+                sinks,
+                refresh: s.refresh.resolve(&config.defaults.refresh),
+                retry: s.retry.resolve(&config.defaults.retry),
+            });
+        }
+        shared.metrics.set_sources(runners.len());
+        Ok(Agent { runners, shared })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs every source until `shutdown` turns true, then lets in-flight writes finish.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = JoinSet::new();
+        let shared = self.shared.clone();
+        let mut heartbeat_stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                shared.status.beat(shared.clock.now());
+                tokio::select! {
+                    _ = tokio::time::sleep(HEARTBEAT_PERIOD) => {}
+                    _ = heartbeat_stop.wait_for(|stop| *stop) => break,
+                }
+            }
+        });
+        for runner in self.runners {
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { runner.run(&shared, shutdown).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                error!(error = %e, "a source loop ended abnormally");
+            }
+        }
+    }
+
+    /// Fetches (or adopts) one token per source, writes every sink, and reports per source.
+    pub async fn once(self) -> Vec<OnceOutcome> {
+        let mut tasks = JoinSet::new();
+        for runner in self.runners {
+            let shared = self.shared.clone();
+            tasks.spawn(async move {
+                let result = runner.once(&shared).await;
+                let required = shared.status.snapshot(shared.clock.now()).iter().any(|s| s.name == runner.name && s.required);
+                OnceOutcome { source: runner.name, required, result }
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => error!(error = %e, "a source task ended abnormally"),
+            }
+        }
+        outcomes.sort_by(|a, b| a.source.cmp(&b.source));
+        outcomes
+    }
+}
+
+/// Per-source loop state.
+struct Progress {
+    current: Option<Token>,
+    /// Fingerprint of the token each sink holds, if known.
+    delivered: Vec<Option<String>>,
+    next_fetch: SystemTime,
+    next_sink_retry: SystemTime,
+    fetch_backoff: Backoff,
+    sink_backoff: Backoff,
+}
+
+impl SourceRunner {
+    async fn run(&self, shared: &Shared, mut shutdown: watch::Receiver<bool>) {
+        let clock = &shared.clock;
+        let now = clock.now();
+        let current = self.adopt_existing(shared, now).await;
+        let next_fetch = match &current {
+            Some(t) => now + refresh_delay(&self.refresh, t, now, fastrand::f64()),
+            None => now,
+        };
+        let mut p = Progress {
+            current,
+            delivered: vec![None; self.sinks.len()],
+            next_fetch,
+            next_sink_retry: now,
+            fetch_backoff: Backoff::new(self.retry),
+            sink_backoff: Backoff::new(self.retry),
+        };
+        loop {
+            let now = clock.now();
+            if p.current.as_ref().is_some_and(|t| now < t.issued_at) {
+                warn!(source = %self.name, "wall clock moved backwards; refreshing now");
+                p.next_fetch = now;
+            }
+            if now >= p.next_fetch {
+                let outcome = tokio::select! {
+                    r = self.fetch(shared) => r,
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                };
+                self.after_fetch(shared, &mut p, outcome);
+            }
+            let now = clock.now();
+            if now >= p.next_sink_retry {
+                self.deliver(shared, &mut p, now).await;
+            }
+            self.publish(shared, &p, now);
+
+            let mut wake = p.next_fetch.min(now + CLOCK_CHECK_PERIOD);
+            if self.pending_sinks(&p) {
+                wake = wake.min(p.next_sink_retry);
+            }
+            if let Some(t) = p.current.as_ref().filter(|t| !t.is_expired(now)) {
+                wake = wake.min(t.expires_at);
+            }
+            let sleep = wake.duration_since(now).unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        debug!(source = %self.name, "source loop stopped");
+    }
+
+    /// A token left in a sink by an earlier run that is still before its refresh point.
+    async fn adopt_existing(&self, shared: &Shared, now: SystemTime) -> Option<Token> {
+        let mut best: Option<Token> = None;
+        for (sink, _) in &self.sinks {
+            if let Some(t) = sink.load_existing().await {
+                if !refresh_delay(&self.refresh, &t, now, 0.0).is_zero() && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at) {
+                    best = Some(t);
+                }
+            }
+        }
+        if let Some(t) = &best {
+            info!(source = %self.name, expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "reusing the still-valid token found on disk");
+            shared.metrics.token_adopted(&self.name, t.expires_at);
+        }
+        best
+    }
+
+    /// One fetch attempt, bounded by the global concurrency cap, timed into the metrics.
+    async fn fetch(&self, shared: &Shared) -> Result<Token, FetchError> {
+        let _permit = shared.fetch_permits.acquire().await;
+        let started = tokio::time::Instant::now();
+        let result = self.source.fetch(|| shared.clock.now()).await;
+        let took = started.elapsed();
+        match &result {
+            Ok(t) => shared.metrics.fetch_succeeded(&self.name, self.kind, took, t.expires_at, shared.clock.now()),
+            Err(e) => shared.metrics.fetch_failed(&self.name, self.kind, took, e.reason()),
+        }
+        result
+    }
+
+    fn after_fetch(&self, shared: &Shared, p: &mut Progress, outcome: Result<Token, FetchError>) {
+        let now = shared.clock.now();
+        match outcome {
+            Ok(token) => {
+                p.fetch_backoff.reset();
+                p.next_fetch = now + refresh_delay(&self.refresh, &token, now, fastrand::f64());
+                p.next_sink_retry = now;
+                info!(
+                    source = %self.name,
+                    outcome = "success",
+                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+                    next_refresh = %humantime::format_rfc3339_seconds(p.next_fetch),
+                    "token refreshed"
+                );
+                p.current = Some(token);
+                shared.status.update(&self.name, |s| s.last_error_reason = None);
+            }
+            Err(e) => {
+                let delay = p.fetch_backoff.next_delay(fastrand::f64());
+                p.next_fetch = now + delay;
+                let reason = e.reason();
+                shared.status.update(&self.name, |s| s.last_error_reason = Some(reason));
+                let error = cause_chain(&e);
+                let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))).to_string();
+                match p.current.as_ref().filter(|t| !t.is_expired(now)) {
+                    Some(t) => warn!(
+                        source = %self.name, outcome = "failure", reason, %error, retry_in,
+                        token_expires_in = %humantime::format_duration(Duration::from_secs(t.remaining(now).as_secs())),
+                        "refresh failed; the current token stays in place"
+                    ),
+                    None => error!(source = %self.name, outcome = "failure", reason, %error, retry_in, "refresh failed and no valid token is available"),
+                }
+            }
+        }
+    }
+
+    fn pending_sinks(&self, p: &Progress) -> bool {
+        let Some(t) = &p.current else { return false };
+        let fp = t.fingerprint();
+        p.delivered.iter().any(|d| d.as_deref() != Some(fp.as_str()))
+    }
+
+    /// Writes the current token to every sink that does not hold it yet.
+    async fn deliver(&self, shared: &Shared, p: &mut Progress, now: SystemTime) {
+        let Some(token) = p.current.as_ref().filter(|t| !t.is_expired(now)) else { return };
+        let fp = token.fingerprint();
+        let mut failed = false;
+        for (i, (sink, label)) in self.sinks.iter().enumerate() {
+            if p.delivered[i].as_deref() == Some(fp.as_str()) {
+                continue;
+            }
+            let started = tokio::time::Instant::now();
+            match sink.write(token).await {
+                Ok(written) => {
+                    shared.metrics.sink_written(&self.name, label, started.elapsed());
+                    if written == Written::Replaced {
+                        debug!(source = %self.name, sink = %label, "token written");
+                    }
+                    p.delivered[i] = Some(fp.clone());
+                }
+                Err(e) => {
+                    failed = true;
+                    shared.metrics.sink_failed(&self.name, label, started.elapsed(), e.reason());
+                    warn!(source = %self.name, sink = %label, reason = e.reason(), error = %cause_chain(&e), "sink write failed; the previous token stays in place");
+                }
+            }
+        }
+        if failed {
+            p.next_sink_retry = now + p.sink_backoff.next_delay(fastrand::f64());
+        } else {
+            p.sink_backoff.reset();
+        }
+    }
+
+    fn publish(&self, shared: &Shared, p: &Progress, now: SystemTime) {
+        let valid = p.current.as_ref().is_some_and(|t| !t.is_expired(now)) && !self.pending_sinks(p);
+        shared.metrics.set_valid(&self.name, valid);
+        shared.metrics.set_next_refresh(&self.name, p.next_fetch);
+        let expires_at = p.current.as_ref().map(|t| t.expires_at);
+        shared.status.update(&self.name, |s| {
+            s.ready = valid;
+            s.expires_at = expires_at;
+        });
+    }
+
+    /// `once` mode: adopt or fetch a single token, write every sink, no retries.
+    async fn once(&self, shared: &Shared) -> Result<(), String> {
+        let now = shared.clock.now();
+        let token = match self.adopt_existing(shared, now).await {
+            Some(t) => t,
+            None => {
+                let t = self.fetch(shared).await.map_err(|e| format!("fetch failed: {}", cause_chain(&e)))?;
+                info!(source = %self.name, outcome = "success", expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "token fetched");
+                t
+            }
+        };
+        let mut p = Progress {
+            current: Some(token),
+            delivered: vec![None; self.sinks.len()],
+            next_fetch: now,
+            next_sink_retry: now,
+            fetch_backoff: Backoff::new(self.retry),
+            sink_backoff: Backoff::new(self.retry),
+        };
+        self.deliver(shared, &mut p, shared.clock.now()).await;
+        self.publish(shared, &p, shared.clock.now());
+        if self.pending_sinks(&p) {
+            return Err("one or more sinks could not be written".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! The YAML configuration: what it looks like, how it is parsed, and how it is checked.
+//!
+//! Parsing uses `serde-saphyr` (maintained, already in kube's tree) with `deny_unknown_fields`
+//! on every struct. Checks that need the whole document (duplicate names, path escapes, inline
+//! secrets) run afterwards and are located through [`locate::Locator`].
+
+pub mod error;
+pub mod locate;
+pub mod mode;
+pub mod percent;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use self::error::{ConfigError, ConfigErrors};
+use self::locate::Locator;
+pub use self::mode::FileMode;
+pub use self::percent::Percent;
+use crate::sink::SinkConfig;
+use crate::source::SourceSpec;
+
+/// Largest configuration file accepted (a typo'd path to a big file fails fast).
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings every source inherits unless it overrides them.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Allow credentials written directly in this file (a warning is logged for each).
+    #[serde(default)]
+    pub allow_inline_secrets: bool,
+    /// How many fetches may run at once across all sources.
+    #[serde(default = "default_max_concurrent_fetches")]
+    pub max_concurrent_fetches: usize,
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_max_concurrent_fetches() -> usize {
+    32
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub file: FileDefaults,
+}
+
+/// When to refresh. Every field is optional so a source can override just one of them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Fraction of the lifetime after which a token is refreshed (default 80%).
+    pub at: Option<Percent>,
+    /// Up to this fraction of the lifetime is taken off at random so replicas spread out
+    /// (default 10%).
+    pub jitter: Option<Percent>,
+    /// Never refresh more often than this (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Option<Duration>,
+    /// Never wait longer than this (default 24h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_interval: Option<Duration>,
+}
+
+/// Backoff after a failed fetch or write.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay (default 1s); it doubles on each failure.
+    #[serde(default, with = "humantime_serde")]
+    pub initial: Option<Duration>,
+    /// Largest delay (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub max: Option<Duration>,
+}
+
+/// HTTP client settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Per-request timeout, connect included (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Extra PEM CA bundle trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (needs `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDefaults {
+    /// Directory that relative sink paths are resolved in and may not escape.
+    #[serde(default = "default_token_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: FileMode,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Default for FileDefaults {
+    fn default() -> Self {
+        FileDefaults { dir: default_token_dir(), mode: default_mode(), uid: None, gid: None }
+    }
+}
+
+fn default_token_dir() -> PathBuf {
+    PathBuf::from("/var/run/tokens")
+}
+
+fn default_mode() -> FileMode {
+    FileMode(0o440)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { enabled: true, listen: default_listen() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One token source and where its token goes.
+///
+/// The kind-specific fields sit beside these common ones (`kind: oauth2`, `token_url: …`);
+/// unknown fields are rejected by the kind's own struct.
+#[derive(Debug, Deserialize)]
+pub struct SourceConfig {
+    /// Unique; used in file names, metric labels and logs.
+    pub name: String,
+    /// `once` fails and `/readyz` stays 503 while a required source has no valid token.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    pub sinks: Vec<SinkConfig>,
+    #[serde(flatten)]
+    pub spec: SourceSpec,
+}
+
+/// Fully resolved refresh policy of one source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    pub at: Percent,
+    pub jitter: Percent,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+}
+
+/// Fully resolved retry policy of one source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// Fully resolved HTTP settings of one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl RefreshConfig {
+    /// This override on top of `base`, on top of the built-in defaults.
+    pub fn resolve(&self, base: &RefreshConfig) -> RefreshPolicy {
+        RefreshPolicy {
+            at: self.at.or(base.at).unwrap_or(Percent::from_fraction_unchecked(0.8)),
+            jitter: self.jitter.or(base.jitter).unwrap_or(Percent::from_fraction_unchecked(0.1)),
+            min_interval: self.min_interval.or(base.min_interval).unwrap_or(Duration::from_secs(10)),
+            max_interval: self.max_interval.or(base.max_interval).unwrap_or(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn resolve(&self, base: &RetryConfig) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.initial.or(base.initial).unwrap_or(Duration::from_secs(1)),
+            max: self.max.or(base.max).unwrap_or(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn resolve(&self, base: &HttpConfig) -> HttpSettings {
+        HttpSettings {
+            timeout: self.timeout.or(base.timeout).unwrap_or(Duration::from_secs(10)),
+            ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
+            client_cert: self.client_cert.clone().or_else(|| base.client_cert.clone()),
+            client_key: self.client_key.clone().or_else(|| base.client_key.clone()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks `path`, returning every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let whole_file = |message: String| {
+            ConfigErrors(vec![ConfigError { file: path.to_owned(), position: None, path: String::new(), message }])
+        };
+        let size = std::fs::metadata(path).map_err(|e| whole_file(format!("cannot read: {e}")))?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(whole_file(format!("is {size} bytes; a configuration may be at most {MAX_CONFIG_BYTES}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks `text`; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let locator = Locator::new(text);
+        let config = parse_document(text, file, &locator).map_err(|e| ConfigErrors(vec![e]))?;
+        let problems = validate::check(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(path, message)| ConfigError { file: file.to_owned(), position: locator.find(&path), path, message })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Warnings that do not stop the agent (inline secrets when allowed).
+    pub fn warnings(&self) -> Vec<String> {
+        validate::warnings(self)
+    }
+}
+
+/// Deserializes, turning a serde error into a located [`ConfigError`].
+fn parse_document(text: &str, file: &Path, locator: &Locator) -> Result<Config, ConfigError> {
+    let mut field_path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            field_path = normalize_path(&e.path().to_string());
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let message = clean_message(&e);
+        // serde-saphyr knows where the parser stopped; errors raised inside flattened or
+        // tagged content only know their field path, which the locator turns into a position.
+        let unknown = unknown_field_name(&message).map(|name| join_path(&field_path, name));
+        let position = unknown
+            .as_deref()
+            .and_then(|p| locator.find(p))
+            .or_else(|| e.location().map(|l| locate::Position { line: l.line() as usize, column: l.column() as usize }))
+            .filter(|p| p.line > 0)
+            .or_else(|| locator.find(&field_path));
+        ConfigError { file: file.to_owned(), position, path: unknown.unwrap_or(field_path), message }
+    })
+}
+
+/// serde_path_to_error writes `sources[0].?` style paths; keep ours uniform.
+fn normalize_path(p: &str) -> String {
+    let p = p.trim_start_matches('.');
+    if p == "." { String::new() } else { p.replace(".?", "").replace("?", "") }
+}
+
+fn join_path(parent: &str, child: &str) -> String {
+    if parent.is_empty() { child.to_owned() } else { format!("{parent}.{child}") }
+}
+
+/// The first line of serde-saphyr's message, without its own location suffix.
+fn clean_message(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.rfind(" at line ") {
+        Some(cut) => first[..cut].to_owned(),
+        None => first.to_owned(),
+    }
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}

@@ -1,0 +1,225 @@
+//! The `token-agent` binary: argument parsing and wiring only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use token_agent::agent::{Agent, Shared};
+use token_agent::clock::Clock;
+use token_agent::config::{Config, ServerConfig};
+use token_agent::telemetry::{self, LogFormat};
+use token_agent::{dev, server};
+
+/// Configuration errors exit with EX_USAGE, like linkerd2-proxy.
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "token-agent",
+    version,
+    about = "Keeps short-lived credentials fresh: fetches tokens before they expire and writes them where apps read them.",
+    after_help = "Examples:\n  token-agent dev                                  # demo issuer on loopback, tokens rotating in ./tokens\n  token-agent validate --config /etc/token-agent/config.yaml\n  token-agent once --config config.yaml            # init container: fetch everything, then exit\n  token-agent run --config config.yaml             # sidecar / Deployment\n  RUST_LOG=token_agent=debug token-agent --log-format json run --config config.yaml"
+)]
+struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keep every source's token fresh until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Fetch every source once, write every sink, exit 0 only if all required sources succeeded.
+    Once {
+        #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration without network access; exit 64 on any problem.
+    Validate {
+        #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Demo: an embedded issuer on 127.0.0.1 and tokens rotating every ~25 s in ./tokens.
+    Dev {
+        /// Where the demo tokens are written.
+        #[arg(long, default_value = "tokens")]
+        dir: PathBuf,
+        /// Metrics and health endpoints (a free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    token_agent::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate { config } => Ok(validate(&config)),
+            Command::Run { config } => match load(&config) {
+                Ok(c) => run(c).await,
+                Err(code) => Ok(code),
+            },
+            Command::Once { config } => match load(&config) {
+                Ok(c) => once(c).await,
+                Err(code) => Ok(code),
+            },
+            Command::Dev { dir, listen } => dev(dir, listen).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a config, printing every problem and returning the exit code on failure.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    match Config::load(path) {
+        Ok(config) => {
+            for w in config.warnings() {
+                warn!("{w}");
+            }
+            Ok(config)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+            Err(ExitCode::from(EX_USAGE))
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!("{}: ok ({} source(s))", path.display(), config.sources.len());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; stopping"),
+            _ = terminate => info!("SIGTERM received; stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn start_server(server: &ServerConfig, shared: Arc<Shared>, shutdown: watch::Receiver<bool>, fallback: bool) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !server.enabled {
+        return Ok(None);
+    }
+    let listener = match server::bind(server.listen).await {
+        Ok(l) => l,
+        Err(e) if fallback => {
+            warn!(listen = %server.listen, error = %e, "address in use; serving metrics on a free port instead");
+            server::bind(SocketAddr::new(server.listen.ip(), 0)).await?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", server.listen)),
+    };
+    let addr = listener.local_addr()?;
+    info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, shared, shutdown).await {
+            warn!(error = %e, "HTTP server stopped");
+        }
+    })))
+}
+
+async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result<ExitCode> {
+    let agent = Agent::build(&config, Clock::system())?;
+    let shutdown = shutdown_on_signal();
+    let http = start_server(&config.server, agent.shared(), shutdown.clone(), fallback_port).await?;
+    info!(sources = config.sources.len(), "token-agent started");
+    agent.run(shutdown).await;
+    if let Some(handle) = http {
+        let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, handle).await;
+    }
+    info!("token-agent stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    run_until_signal(config, false).await
+}
+
+async fn once(config: Config) -> anyhow::Result<ExitCode> {
+    let agent = Agent::build(&config, Clock::system())?;
+    let outcomes = agent.once().await;
+    let mut failed_required = Vec::new();
+    for o in &outcomes {
+        match (&o.result, o.required) {
+            (Ok(()), _) => info!(source = %o.source, "ok"),
+            (Err(e), true) => {
+                eprintln!("source `{}` failed: {e}", o.source);
+                failed_required.push(o.source.as_str());
+            }
+            (Err(e), false) => warn!(source = %o.source, error = %e, "optional source failed"),
+        }
+    }
+    if failed_required.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("required source(s) without a token: {}", failed_required.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn dev(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+    let issuer = dev::issuer::Issuer::start("dev-client", &secret, dev::DEV_TOKEN_TTL).await?;
+    let secret_file = tempfile::NamedTempFile::new().context("cannot create the demo client secret file")?;
+    std::fs::write(secret_file.path(), &secret).context("cannot write the demo client secret file")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = dev::config(&issuer.token_url(), secret_file.path(), &dir, &listen.to_string())
+        .map_err(|e| anyhow::anyhow!("built-in dev config is invalid: {e}"))?;
+    info!(
+        issuer = %issuer.token_url(),
+        tokens = %dir.display(),
+        ttl = ?dev::DEV_TOKEN_TTL,
+        "dev mode: demo issuer on loopback; watch the files in the tokens directory rotate (Ctrl-C to stop)"
+    );
+    run_until_signal(config, true).await
+}
+
+#[allow(dead_code)]
+const _: Duration = Duration::ZERO;

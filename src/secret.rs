@@ -1,0 +1,143 @@
+//! Where a credential comes from: a file, an environment variable, or (only when the config
+//! explicitly allows it) the YAML itself.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// A reference to a credential, resolved each time it is needed so that a rotated file is
+/// picked up on the next fetch without a restart.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// Read from this file; one trailing newline is removed.
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+    /// Written in the configuration. Rejected unless `allow_inline_secrets: true`.
+    Inline(String),
+}
+
+/// Why a credential could not be read. Never carries the credential itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read credential file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("credential file {path} is empty")]
+    EmptyFile { path: PathBuf },
+    #[error("environment variable {name} is not set or not valid UTF-8")]
+    Env { name: String },
+    #[error("environment variable {name} is empty")]
+    EmptyEnv { name: String },
+}
+
+impl SecretRef {
+    /// Reads the current value.
+    pub fn load(&self) -> Result<SecretString, SecretError> {
+        match self {
+            SecretRef::File(path) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|source| SecretError::File { path: path.clone(), source })?;
+                let value = strip_one_newline(&raw);
+                if value.is_empty() {
+                    return Err(SecretError::EmptyFile { path: path.clone() });
+                }
+                Ok(SecretString::from(value))
+            }
+            SecretRef::Env(name) => {
+                let value = std::env::var(name).map_err(|_| SecretError::Env { name: name.clone() })?;
+                if value.is_empty() {
+                    return Err(SecretError::EmptyEnv { name: name.clone() });
+                }
+                Ok(SecretString::from(value))
+            }
+            SecretRef::Inline(value) => Ok(SecretString::from(value.as_str())),
+        }
+    }
+
+    pub fn is_inline(&self) -> bool {
+        matches!(self, SecretRef::Inline(_))
+    }
+}
+
+fn strip_one_newline(s: &str) -> &str {
+    s.strip_suffix("\r\n").or_else(|| s.strip_suffix('\n')).unwrap_or(s)
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::File(p) => f.debug_tuple("File").field(p).finish(),
+            SecretRef::Env(n) => f.debug_tuple("Env").field(n).finish(),
+            SecretRef::Inline(_) => f.write_str("Inline(<redacted>)"),
+        }
+    }
+}
+
+/// Accepts `"literal"`, `{ file: PATH }`, `{ env: NAME }` or `{ value: "literal" }`.
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+
+        impl<'de> Visitor<'de> for RefVisitor {
+            type Value = SecretRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a credential reference: { file: PATH }, { env: NAME } or { value: STRING }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
+                Ok(SecretRef::Inline(v.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+                let mut found: Option<SecretRef> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    let parsed = match key.as_str() {
+                        "file" => SecretRef::File(PathBuf::from(value)),
+                        "env" => SecretRef::Env(value),
+                        "value" => SecretRef::Inline(value),
+                        other => return Err(de::Error::unknown_field(other, &["file", "env", "value"])),
+                    };
+                    if found.replace(parsed).is_some() {
+                        return Err(de::Error::custom("give exactly one of `file`, `env` or `value`"));
+                    }
+                }
+                found.ok_or_else(|| de::Error::custom("give exactly one of `file`, `env` or `value`"))
+            }
+        }
+
+        deserializer.deserialize_any(RefVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn file_value_loses_one_trailing_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "abc \n\n").unwrap();
+        let got = SecretRef::File(path.clone()).load().unwrap();
+        assert_eq!(got.expose_secret(), "abc \n");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(SecretRef::File(path).load(), Err(SecretError::EmptyFile { .. })));
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = SecretRef::File("/nonexistent/cred".into()).load().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cred"), "{err}");
+    }
+
+    #[test]
+    fn debug_hides_inline_values() {
+        assert_eq!(format!("{:?}", SecretRef::Inline("hunter2".into())), "Inline(<redacted>)");
+    }
+}

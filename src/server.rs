@@ -1,0 +1,65 @@
+//! `/metrics`, `/healthz` and `/readyz`. Nothing served here can contain a token: metrics
+//! carry only bounded labels and `/readyz` only names, times and reasons.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent::{Shared, HEARTBEAT_PERIOD};
+
+/// The heartbeat may miss this many beats before `/healthz` reports the loop as stuck.
+const MISSED_BEATS: u32 = 6;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics.encode())
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if shared.status.alive(shared.clock.now(), HEARTBEAT_PERIOD * MISSED_BEATS) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop is not running\n")
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let now = shared.clock.now();
+    let sources = shared.status.snapshot(now);
+    let ready = sources.iter().filter(|s| s.required).all(|s| s.ready);
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(serde_json::json!({ "ready": ready, "sources": sources })))
+}
+
+/// Binds `addr` (so a port conflict is reported before the agent starts).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+/// Grace period for open connections after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -1,0 +1,178 @@
+//! `file:` sink — a token file on a (shared) volume, replaced atomically on every change.
+//!
+//! Next to each token file the sink keeps `.<name>.meta.json` (expiry, issue time and a
+//! SHA-256 of the token, never the token): on restart the agent reuses a still-valid token
+//! instead of fetching a new one, and the hash proves the file and the metadata belong together.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::{self, AtomicError, Ownership, Written};
+use super::format::{self, Format};
+use crate::config::{FileDefaults, FileMode};
+use crate::token::{fingerprint, Token};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// File name relative to `dir`; may contain sub-directories, never `..`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    /// Overrides `defaults.file.dir`.
+    pub dir: Option<PathBuf>,
+    /// Overrides `defaults.file.mode`.
+    pub mode: Option<FileMode>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Variable name for `format: env` (default: `<SOURCE>_TOKEN`).
+    pub env_name: Option<String>,
+}
+
+impl FileSinkConfig {
+    /// Problems as `(field relative to this sink, message)`.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Err(message) = atomic::check_relative(&self.path) {
+            problems.push(("path".into(), message));
+        }
+        if let Some(name) = &self.env_name {
+            if self.format != Format::Env {
+                problems.push(("env_name".into(), "only applies to `format: env`".into()));
+            } else if !format::is_valid_env_name(name) {
+                problems.push(("env_name".into(), format!("`{name}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")));
+            }
+        }
+        problems
+    }
+
+    /// The directory this sink writes into.
+    pub fn dir<'a>(&'a self, defaults: &'a FileDefaults) -> &'a Path {
+        self.dir.as_deref().unwrap_or(&defaults.dir)
+    }
+
+    pub fn build(&self, source: &str, defaults: &FileDefaults) -> FileSink {
+        FileSink {
+            dir: self.dir(defaults).to_owned(),
+            path: self.path.clone(),
+            format: self.format,
+            owner: Ownership {
+                mode: self.mode.unwrap_or(defaults.mode).0,
+                uid: self.uid.or(defaults.uid),
+                gid: self.gid.or(defaults.gid),
+            },
+            env_name: self.env_name.clone().unwrap_or_else(|| format::default_env_name(source)),
+            source: source.to_owned(),
+        }
+    }
+}
+
+/// Sidecar metadata; no secret in it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    source: String,
+    token_type: String,
+    #[serde(with = "humantime_serde")]
+    issued_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    expires_at: SystemTime,
+    sha256: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    dir: PathBuf,
+    path: PathBuf,
+    format: Format,
+    owner: Ownership,
+    env_name: String,
+    source: String,
+}
+
+impl FileSink {
+    /// `file:<dir>/<path>` — bounded by the config, used as the metric label.
+    pub fn label(&self) -> String {
+        format!("file:{}", self.dir.join(&self.path).display())
+    }
+
+    fn meta_path(target: &Path) -> PathBuf {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        target.with_file_name(format!(".{name}.meta.json"))
+    }
+
+    /// Writes `token` (blocking I/O; the agent runs it off the async threads).
+    pub fn write(&self, token: &Token) -> Result<Written, AtomicError> {
+        let target = atomic::resolve(&self.dir, &self.path)?;
+        let written = atomic::write(&target, &self.format.render(token, &self.source, &self.env_name), self.owner)?;
+        let meta = Meta {
+            source: self.source.clone(),
+            token_type: token.token_type.clone(),
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            sha256: token.fingerprint(),
+            metadata: token.metadata.clone(),
+        };
+        let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        let meta_owner = Ownership { mode: self.owner.mode | 0o444, ..self.owner };
+        atomic::write(&Self::meta_path(&target), &meta_bytes, meta_owner)?;
+        Ok(written)
+    }
+
+    /// The token this sink holds from an earlier run, if its file and metadata agree.
+    pub fn load_existing(&self) -> Option<Token> {
+        atomic::check_relative(&self.path).ok()?;
+        let target = self.dir.join(&self.path);
+        let meta: Meta = serde_json::from_slice(&std::fs::read(Self::meta_path(&target)).ok()?).ok()?;
+        let content = std::fs::read(&target).ok()?;
+        let value = self.format.read_token(&content, &self.env_name)?;
+        if meta.source != self.source || fingerprint(value.as_bytes()) != meta.sha256 {
+            return None;
+        }
+        let mut token = Token::new(value.into(), meta.token_type, meta.issued_at, meta.expires_at);
+        token.metadata = meta.metadata;
+        Some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sink(dir: &Path, format: Format) -> FileSink {
+        let config = FileSinkConfig { path: "a/t".into(), format, dir: None, mode: None, uid: None, gid: None, env_name: None };
+        config.build("orders", &FileDefaults { dir: dir.to_owned(), ..FileDefaults::default() })
+    }
+
+    fn token(value: &str) -> Token {
+        let now = SystemTime::now();
+        Token::new(value.into(), "Bearer".into(), now, now + Duration::from_secs(300))
+    }
+
+    #[test]
+    fn warm_restart_reads_back_each_format() {
+        for format in [Format::Raw, Format::Json, Format::Env] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = sink(dir.path(), format);
+            assert!(s.load_existing().is_none());
+            let t = token("tok-1");
+            s.write(&t).unwrap();
+            let back = s.load_existing().unwrap();
+            assert!(back.same_value(&t), "{format:?}");
+            assert_eq!(back.expires_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), t.expires_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+        }
+    }
+
+    #[test]
+    fn mismatched_metadata_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), Format::Raw);
+        s.write(&token("tok-1")).unwrap();
+        std::fs::write(dir.path().join("a/t"), "someone-else").unwrap();
+        assert!(s.load_existing().is_none());
+    }
+}

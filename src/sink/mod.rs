@@ -1,0 +1,104 @@
+//! Token sinks. A sink only writes; when and how often is the scheduler's business.
+//!
+//! Adding a kind means one file here and one arm in [`SinkConfig`] and [`Sink`].
+
+pub mod atomic;
+pub mod file;
+pub mod format;
+
+use serde::Deserialize;
+
+pub use self::atomic::{AtomicError, Written};
+use crate::config::FileDefaults;
+use crate::token::Token;
+
+/// One entry of a source's `sinks:` list, keyed by kind (`- file: { … }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    File(file::FileSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+        }
+    }
+
+    /// Problems as `(field relative to this sink entry, message)`.
+    pub fn check(&self) -> Vec<(String, String)> {
+        match self {
+            SinkConfig::File(c) => c.check().into_iter().map(|(f, m)| (format!("file.{f}"), m)).collect(),
+        }
+    }
+
+    /// The place this sink writes to, with the field that names it, so two sinks never write
+    /// the same place.
+    pub fn target(&self, file_defaults: &FileDefaults) -> Option<(&'static str, std::path::PathBuf)> {
+        match self {
+            SinkConfig::File(c) => Some(("file.path", c.dir(file_defaults).join(&c.path))),
+        }
+    }
+
+    pub fn build(&self, source: &str, file_defaults: &FileDefaults) -> Sink {
+        match self {
+            SinkConfig::File(c) => Sink::File(c.build(source, file_defaults)),
+        }
+    }
+}
+
+/// Why a write failed; the previous token stays in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    File(#[from] AtomicError),
+    #[error("sink task failed: {0}")]
+    Join(String),
+}
+
+impl SinkError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::File(e) => e.reason(),
+            SinkError::Join(_) => "internal",
+        }
+    }
+}
+
+/// A runnable sink.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    File(file::FileSink),
+}
+
+impl Sink {
+    /// Bounded, secret-free label for metrics and logs.
+    pub fn label(&self) -> String {
+        match self {
+            Sink::File(s) => s.label(),
+        }
+    }
+
+    pub async fn write(&self, token: &Token) -> Result<Written, SinkError> {
+        match self {
+            Sink::File(s) => {
+                let (s, token) = (s.clone(), token.clone());
+                tokio::task::spawn_blocking(move || s.write(&token))
+                    .await
+                    .map_err(|e| SinkError::Join(e.to_string()))?
+                    .map_err(SinkError::from)
+            }
+        }
+    }
+
+    /// A token left by an earlier run, for a warm restart.
+    pub async fn load_existing(&self) -> Option<Token> {
+        match self {
+            Sink::File(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.load_existing()).await.ok().flatten()
+            }
+        }
+    }
+}

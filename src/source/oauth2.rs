@@ -1,0 +1,246 @@
+//! `kind: oauth2` — the OAuth2 client-credentials grant (RFC 6749 §4.4) and the vendor APIs
+//! that are variants of it (Apinizer, AppViewX), selected by configuration.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::error::FetchError;
+use super::http::{self, HttpClients};
+use super::response::{self, ResponseMapping};
+use super::BuildError;
+use crate::config::HttpSettings;
+use crate::redact::url_for_display;
+use crate::secret::SecretRef;
+use crate::token::Token;
+
+/// Form/JSON parameters the agent sets itself; `params` may not override them.
+const RESERVED_PARAMS: &[&str] = &["grant_type", "scope", "audience", "resource", "client_id", "client_secret"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Token endpoint (http or https).
+    pub token_url: String,
+    /// Client id: a literal string, `{ file: … }` or `{ env: … }`.
+    pub client_id: Option<SecretRef>,
+    /// Client secret: `{ file: … }` or `{ env: … }` (literal only with `allow_inline_secrets`).
+    pub client_secret: Option<SecretRef>,
+    /// How the client authenticates.
+    #[serde(default)]
+    pub auth: ClientAuth,
+    #[serde(default = "default_grant_type")]
+    pub grant_type: String,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    /// Extra body parameters, sent alongside (never instead of) the ones above.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body encoding.
+    #[serde(default)]
+    pub body: BodyEncoding,
+    /// Where the token and its expiry are in the response.
+    #[serde(default)]
+    pub response: ResponseMapping,
+    /// Lifetime to assume when the response and the token carry no expiry.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+fn default_grant_type() -> String {
+    "client_credentials".into()
+}
+
+/// Client authentication method.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
+    #[default]
+    Basic,
+    /// HTTP Basic without the RFC 6749 form-encoding of id and secret, as AppViewX expects.
+    BasicRaw,
+    /// `client_secret_post`: `client_id` and `client_secret` in the body.
+    Post,
+    /// No client authentication (credentials go in `params`/`headers`, or none are needed).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    #[default]
+    Form,
+    /// A flat JSON object with the same parameters.
+    Json,
+}
+
+impl OAuth2Config {
+    /// Problems as `(field, message)`, relative to the source.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        match url::Url::parse(&self.token_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => problems.push(("token_url".into(), format!("scheme `{}` is not http or https", u.scheme()))),
+            Err(e) => problems.push(("token_url".into(), format!("not a URL: {e}"))),
+        }
+        if self.auth != ClientAuth::None {
+            if self.client_id.is_none() {
+                problems.push(("client_id".into(), format!("required with `auth: {}`", self.auth.name())));
+            }
+            if self.client_secret.is_none() {
+                problems.push(("client_secret".into(), format!("required with `auth: {}`", self.auth.name())));
+            }
+        }
+        for key in self.params.keys().filter(|k| RESERVED_PARAMS.contains(&k.as_str())) {
+            problems.push((
+                format!("params.{key}"),
+                format!("`{key}` is set by the agent; use the source's own `{key}`/`auth` fields"),
+            ));
+        }
+        for name in self.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push((format!("headers.{name}"), "not a valid HTTP header name".into()));
+            } else if name.eq_ignore_ascii_case("authorization") && self.auth != ClientAuth::None {
+                problems.push((format!("headers.{name}"), "conflicts with client authentication; set `auth: none`".into()));
+            }
+        }
+        for (field, message) in self.response.check() {
+            problems.push((format!("response.{field}"), message));
+        }
+        if self.ttl.is_some_and(|t| t.is_zero()) {
+            problems.push(("ttl".into(), "must be greater than zero".into()));
+        }
+        problems
+    }
+
+    /// Credentials written inline, as field names.
+    pub fn inline_secrets(&self) -> Vec<&'static str> {
+        match &self.client_secret {
+            Some(s) if s.is_inline() => vec!["client_secret"],
+            _ => vec![],
+        }
+    }
+
+    pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<OAuth2Source, BuildError> {
+        let url = url::Url::parse(&self.token_url).map_err(|e| BuildError::Invalid(format!("token_url: {e}")))?;
+        Ok(OAuth2Source {
+            client: clients.get(http)?,
+            display_url: url_for_display(&url),
+            url,
+            timeout: http.timeout,
+            config: self.clone(),
+        })
+    }
+}
+
+impl ClientAuth {
+    fn name(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::BasicRaw => "basic_raw",
+            ClientAuth::Post => "post",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
+/// A configured client-credentials source.
+pub struct OAuth2Source {
+    client: reqwest::Client,
+    url: url::Url,
+    display_url: String,
+    timeout: Duration,
+    config: OAuth2Config,
+}
+
+impl OAuth2Source {
+    /// Requests one token. No retries here: the scheduler owns timing.
+    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+        let c = &self.config;
+        let client_id = c.client_id.as_ref().map(SecretRef::load).transpose()?;
+        let client_secret = c.client_secret.as_ref().map(SecretRef::load).transpose()?;
+
+        let mut params: Vec<(&str, &str)> = vec![("grant_type", c.grant_type.as_str())];
+        for (key, value) in [("scope", &c.scope), ("audience", &c.audience), ("resource", &c.resource)] {
+            if let Some(v) = value {
+                params.push((key, v.as_str()));
+            }
+        }
+        params.extend(c.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if c.auth == ClientAuth::Post {
+            if let (Some(id), Some(secret)) = (&client_id, &client_secret) {
+                params.push(("client_id", id.expose_secret()));
+                params.push(("client_secret", secret.expose_secret()));
+            }
+        }
+
+        let mut request = self.client.post(self.url.clone()).header(reqwest::header::ACCEPT, "application/json");
+        request = match c.body {
+            BodyEncoding::Form => request.form(&params),
+            BodyEncoding::Json => request.json(&params.iter().cloned().collect::<BTreeMap<_, _>>()),
+        };
+        if let (Some(id), Some(secret)) = (&client_id, &client_secret) {
+            if let Some(header) = basic_header(c.auth, id, secret) {
+                request = request.header(reqwest::header::AUTHORIZATION, header);
+            }
+        }
+        for (name, value) in &c.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+
+        let reply = http::send(request, &self.display_url, self.timeout).await?;
+        let secrets: Vec<&str> = [&client_id, &client_secret].into_iter().flatten().map(|s| s.expose_secret()).collect();
+        if !(200..300).contains(&reply.status) {
+            return Err(FetchError::Status {
+                url: self.display_url.clone(),
+                status: reply.status,
+                remote: response::describe_error_body(&reply.body, &secrets),
+            });
+        }
+        response::token_from_json(&reply.body, &c.response, c.ttl, now(), &self.display_url)
+    }
+}
+
+/// The `Authorization` header value for basic methods; `None` for the others.
+fn basic_header(auth: ClientAuth, id: &SecretString, secret: &SecretString) -> Option<reqwest::header::HeaderValue> {
+    let pair = match auth {
+        ClientAuth::Basic => format!("{}:{}", form_encode(id.expose_secret()), form_encode(secret.expose_secret())),
+        ClientAuth::BasicRaw => format!("{}:{}", id.expose_secret(), secret.expose_secret()),
+        ClientAuth::Post | ClientAuth::None => return None,
+    };
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair))).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 §2.3.1).
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_encodes_per_rfc_6749_unless_raw() {
+        let id = SecretString::from("my id");
+        let secret = SecretString::from("p@ss:w%rd");
+        let rfc = basic_header(ClientAuth::Basic, &id, &secret).unwrap();
+        assert_eq!(rfc.to_str().unwrap(), format!("Basic {}", STANDARD.encode("my+id:p%40ss%3Aw%25rd")));
+        assert!(rfc.is_sensitive());
+        let raw = basic_header(ClientAuth::BasicRaw, &id, &secret).unwrap();
+        assert_eq!(raw.to_str().unwrap(), format!("Basic {}", STANDARD.encode("my id:p@ss:w%rd")));
+        assert!(basic_header(ClientAuth::Post, &id, &secret).is_none());
+    }
+}
