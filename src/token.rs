@@ -69,8 +69,8 @@ impl fmt::Debug for Token {
         f.debug_struct("Token")
             .field("value", &"<redacted>")
             .field("token_type", &self.token_type)
-            .field("issued_at", &humantime::format_rfc3339_seconds(self.issued_at))
-            .field("expires_at", &humantime::format_rfc3339_seconds(self.expires_at))
+            .field("issued_at", &humantime::format_rfc3339_seconds(self.issued_at).to_string())
+            .field("expires_at", &humantime::format_rfc3339_seconds(self.expires_at).to_string())
             .field("metadata", &self.metadata)
             .finish()
     }

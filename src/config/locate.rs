@@ -15,7 +15,10 @@ pub struct Position {
 /// Positions of every key and sequence item of one YAML document.
 #[derive(Debug, Default)]
 pub struct Locator {
+    /// Where each key (or sequence item) is written.
     positions: HashMap<String, Position>,
+    /// Where each value starts (differs from the key for `key: value`).
+    values: HashMap<String, Position>,
 }
 
 enum Frame {
@@ -28,6 +31,7 @@ impl Locator {
     /// itself is reported by the deserializer, with its own position).
     pub fn new(text: &str) -> Self {
         let mut positions = HashMap::new();
+        let mut values = HashMap::new();
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
@@ -36,6 +40,7 @@ impl Locator {
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
                     let path = slot_path(&stack);
                     positions.entry(path.clone()).or_insert(here);
+                    values.entry(path.clone()).or_insert(here);
                     stack.push(match event {
                         Event::MappingStart(..) => Frame::Map { path, key: None },
                         _ => Frame::Seq { path, index: 0 },
@@ -47,12 +52,16 @@ impl Locator {
                         positions.entry(full).or_insert(here);
                         *key = Some(value.into_owned());
                     } else {
-                        positions.entry(slot_path(&stack)).or_insert(here);
+                        let path = slot_path(&stack);
+                        positions.entry(path.clone()).or_insert(here);
+                        values.entry(path).or_insert(here);
                         advance(&mut stack);
                     }
                 }
                 Event::Alias(_) => {
-                    positions.entry(slot_path(&stack)).or_insert(here);
+                    let path = slot_path(&stack);
+                    positions.entry(path.clone()).or_insert(here);
+                    values.entry(path).or_insert(here);
                     advance(&mut stack);
                 }
                 Event::MappingEnd | Event::SequenceEnd => {
@@ -62,7 +71,12 @@ impl Locator {
                 _ => {}
             }
         }
-        Locator { positions }
+        Locator { positions, values }
+    }
+
+    /// Where the value of exactly `path` starts, if it is written down.
+    pub fn find_value(&self, path: &str) -> Option<Position> {
+        self.values.get(path).copied()
     }
 
     /// The position of `path`, or of its closest enclosing field that is written down
@@ -112,5 +126,7 @@ mod tests {
         assert_eq!(loc.find("sources[0].sinks[0].file.path"), Some(Position { line: 6, column: 17 }));
         assert_eq!(loc.find("sources[1]"), Some(Position { line: 7, column: 5 }));
         assert_eq!(loc.find("sources[1].token_url"), Some(Position { line: 7, column: 5 }));
+        assert_eq!(loc.find_value("defaults.retry.initial"), Some(Position { line: 2, column: 21 }));
+        assert_eq!(loc.find_value("sources[1].token_url"), None);
     }
 }

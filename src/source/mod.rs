@@ -7,6 +7,8 @@ pub mod http;
 pub mod jwt;
 pub mod oauth2;
 pub mod response;
+#[cfg(test)]
+pub mod scripted;
 
 use std::time::SystemTime;
 
@@ -65,6 +67,8 @@ impl SourceSpec {
 /// A runnable source.
 pub enum Source {
     OAuth2(oauth2::OAuth2Source),
+    #[cfg(test)]
+    Scripted(scripted::Scripted),
 }
 
 impl Source {
@@ -72,6 +76,8 @@ impl Source {
     pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
         match self {
             Source::OAuth2(s) => s.fetch(now).await,
+            #[cfg(test)]
+            Source::Scripted(s) => s.fetch(now).await,
         }
     }
 }

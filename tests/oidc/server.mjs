@@ -5,6 +5,21 @@
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 
+// Installed first, so a signal during startup is not lost (a background
+// process in a non-interactive shell starts with SIGINT ignored).
+let server;
+let stopping = false;
+function shutdown() {
+  if (stopping) return;
+  stopping = true;
+  if (!server?.listening) process.exit(0);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+
 // oidc-provider prints "quick start / development-only" warnings (in-memory
 // adapter, devInteractions, and "Unsupported runtime" on Node < 22) through
 // console.warn. Drop exactly those; every other warning and all errors pass.
@@ -50,7 +65,7 @@ const jwk = {
 
 // Listen first (port 0 = random) so the issuer can carry the real port.
 let handler = (_req, res) => { res.statusCode = 503; res.end(); };
-const server = createServer((req, res) => handler(req, res));
+server = createServer((req, res) => handler(req, res));
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(PORT, '127.0.0.1', resolve);
@@ -117,14 +132,3 @@ if (env.OIDC_DEBUG) {
 
 handler = provider.callback();
 process.stdout.write(`LISTENING ${port}\n`);
-
-let stopping = false;
-function shutdown() {
-  if (stopping) return;
-  stopping = true;
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 1000).unref();
-}
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);

@@ -1,0 +1,44 @@
+//! A source that replays a script, for scheduler tests under paused time (compiled in tests
+//! only: real HTTP and a paused clock do not mix).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::error::FetchError;
+use crate::token::Token;
+
+/// One scripted answer: after `delay`, a token living `Ok(lifetime)` or an error.
+pub type Step = (Duration, Result<Duration, &'static str>);
+
+#[derive(Clone, Default)]
+pub struct Scripted {
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    /// Wall-clock time of every call.
+    pub calls: Arc<Mutex<Vec<SystemTime>>>,
+}
+
+impl Scripted {
+    pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Scripted { steps: Arc::new(Mutex::new(steps.into_iter().collect())), calls: Arc::default() }
+    }
+
+    pub fn calls(&self) -> Vec<SystemTime> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+        self.calls.lock().unwrap().push(now());
+        let step = self.steps.lock().unwrap().pop_front();
+        let (delay, outcome) = step.unwrap_or((Duration::ZERO, Err("script exhausted")));
+        tokio::time::sleep(delay).await;
+        let n = self.calls.lock().unwrap().len();
+        match outcome {
+            Ok(lifetime) => {
+                let at = now();
+                Ok(Token::new(format!("token-{n}").into(), "Bearer".into(), at, at + lifetime))
+            }
+            Err(detail) => Err(FetchError::Status { url: "scripted".into(), status: 503, remote: Some(detail.into()) }),
+        }
+    }
+}
