@@ -274,7 +274,11 @@ impl Config {
 /// Deserializes, turning a serde error into a located [`ConfigError`].
 fn parse_document(text: &str, file: &Path, locator: &Locator) -> Result<Config, ConfigError> {
     let mut field_path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    // YAML 1.2 booleans: `yes`, `on`, `no` stay strings (the "Norway problem" is not ours).
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             field_path = normalize_path(&e.path().to_string());
             e.into_inner()

@@ -61,7 +61,7 @@ fn error_table() {
         (format!("defaults:\n  refresh: {{ at: 100% }}\n{}", src("")), "defaults.refresh.at", (2, 14), "less than 100%"),
         (format!("defaults:\n  refresh: {{ jitter: 90% }}\n{}", src("")), "defaults.refresh.jitter", (2, 14), "smaller than `at`"),
         (format!("defaults:\n  refresh: {{ min_interval: 2h, max_interval: 1h }}\n{}", src("")), "defaults.refresh.min_interval", (2, 14), "larger than max_interval"),
-        (format!("defaults:\n  file: {{ mode: 0440 }}\n{}", src("")), "defaults.file.mode", (2, 17), "quoted string"),
+        (format!("defaults:\n  file: {{ mode: 440 }}\n{}", src("")), "defaults.file.mode", (2, 17), "quoted octal string, for example \"0440\""),
         (format!("defaults:\n  file: {{ mode: \"0200\" }}\n{}", src("")), "defaults.file.mode", (2, 17), "does not let the owner read"),
         (format!("defaults:\n  http: {{ client_cert: /c.pem }}\n{}", src("")), "defaults.http.client_cert", (2, 11), "go together"),
         (src(&GOOD_SOURCE.replace("token_url: https://idp.example.com/token", "token_url: https://b")), "sources[1].name", (9, 5), "duplicate source name `a`"),
@@ -92,6 +92,16 @@ fn error_table() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn yaml_1_2_scalars_stay_strings() {
+    let yaml = format!("defaults:\n  file: {{ mode: 0440 }}\nsources:\n{}", GOOD_SOURCE.replace("    sinks:", "    headers: { X-On: yes, X-Off: no }\n    sinks:"));
+    let c = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
+    assert_eq!(c.defaults.file.mode, FileMode(0o440), "an unquoted 0440 is read as octal");
+    let crate::source::SourceSpec::Oauth2(o) = &c.sources[0].spec;
+    assert_eq!(o.headers.get("X-On").map(String::as_str), Some("yes"));
+    assert_eq!(o.headers.get("X-Off").map(String::as_str), Some("no"));
 }
 
 #[test]

@@ -1,0 +1,166 @@
+//! Test support: an in-process HTTP server on 127.0.0.1 that records every request, and
+//! helpers to run the agent from a YAML string.
+#![allow(dead_code)]
+
+pub mod vendors;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use token_agent::agent::{Agent, OnceOutcome};
+use token_agent::clock::Clock;
+use token_agent::config::Config;
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body parsed as `application/x-www-form-urlencoded`, in order.
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body).into_owned().collect()
+    }
+
+    pub fn form_value(&self, key: &str) -> Option<String> {
+        self.form().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `Authorization: Basic` decoded to `(user, password)` without any form-decoding.
+    pub fn basic_raw(&self) -> Option<(String, String)> {
+        use base64::Engine;
+        let b64 = self.header("authorization")?.strip_prefix("Basic ")?;
+        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?;
+        let (u, p) = decoded.split_once(':')?;
+        Some((u.to_owned(), p.to_owned()))
+    }
+}
+
+/// What the mock answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+    /// Stream the body in chunks without a Content-Length.
+    pub chunked: bool,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply { status, content_type: "application/json", body: value.to_string().into_bytes(), delay: Duration::ZERO, chunked: false }
+    }
+
+    pub fn text(status: u16, body: &str) -> Reply {
+        Reply { status, content_type: "text/plain", body: body.as_bytes().to_vec(), delay: Duration::ZERO, chunked: false }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    pub fn chunked(mut self) -> Reply {
+        self.chunked = true;
+        self
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A running mock server.
+pub struct Mock {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Mock {
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Mock {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let log = requests.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let handler = handler.clone();
+            let log = log.clone();
+            async move {
+                let rec = Recorded { method, path: uri.path().to_owned(), query: uri.query().map(str::to_owned), headers, body: body.to_vec() };
+                log.lock().unwrap().push(rec.clone());
+                let reply = handler(&rec);
+                tokio::time::sleep(reply.delay).await;
+                respond(reply)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Mock { addr, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn respond(reply: Reply) -> Response {
+    let builder = Response::builder()
+        .status(StatusCode::from_u16(reply.status).unwrap())
+        .header("content-type", reply.content_type);
+    if reply.chunked {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = reply.body.chunks(16 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        builder.body(Body::from_stream(futures_stream(chunks))).unwrap()
+    } else {
+        builder.body(Body::from(reply.body)).unwrap()
+    }
+}
+
+fn futures_stream(items: Vec<Result<Bytes, std::io::Error>>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::iter(items)
+}
+
+/// A JWT-shaped token (unsigned) with the given claims.
+pub fn fake_jwt(claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}.c2ln", e.encode(r#"{"alg":"HS256","typ":"JWT"}"#), e.encode(claims.to_string()))
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Parses `yaml` (with `{dir}` replaced by `dir`) and runs `once`.
+pub async fn once(yaml: &str, dir: &Path) -> Vec<OnceOutcome> {
+    let yaml = yaml.replace("{dir}", &dir.display().to_string());
+    let config = Config::parse(&yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    Agent::build(&config, Clock::system()).unwrap().once().await
+}
+
+/// Writes `content` to a fresh file and returns its path (for `client_secret: { file: … }`).
+pub fn secret_file(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
