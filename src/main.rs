@@ -60,6 +60,9 @@ enum Command {
         /// Metrics and health endpoints (a free port is used if this one is taken).
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
+        /// Lifetime of the demo tokens.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
     },
 }
 
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
                 Ok(c) => once(c).await,
                 Err(code) => Ok(code),
             },
-            Command::Dev { dir, listen } => dev(dir, listen).await,
+            Command::Dev { dir, listen, token_ttl } => dev(dir, listen, token_ttl).await,
         }
     });
     match result {
@@ -204,9 +207,9 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn dev(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<ExitCode> {
     let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
-    let issuer = dev::issuer::Issuer::start("dev-client", &secret, dev::DEV_TOKEN_TTL).await?;
+    let issuer = dev::issuer::Issuer::start("dev-client", &secret, ttl).await?;
     let secret_file = tempfile::NamedTempFile::new().context("cannot create the demo client secret file")?;
     std::fs::write(secret_file.path(), &secret).context("cannot write the demo client secret file")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -215,11 +218,8 @@ async fn dev(dir: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     info!(
         issuer = %issuer.token_url(),
         tokens = %dir.display(),
-        ttl = ?dev::DEV_TOKEN_TTL,
+        ttl = %humantime::format_duration(ttl),
         "dev mode: demo issuer on loopback; watch the files in the tokens directory rotate (Ctrl-C to stop)"
     );
     run_until_signal(config, true).await
 }
-
-#[allow(dead_code)]
-const _: Duration = Duration::ZERO;

@@ -4,12 +4,8 @@
 pub mod issuer;
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::config::{Config, ConfigErrors};
-
-/// Lifetime of the demo tokens: short enough to watch them rotate.
-pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(30);
 
 /// The built-in configuration, filled in with the issuer's URL and the secret file.
 pub fn config(token_url: &str, secret_file: &Path, dir: &Path, listen: &str) -> Result<Config, ConfigErrors> {
