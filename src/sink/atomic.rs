@@ -158,6 +158,19 @@ fn sync_dir(dir: &Path) -> Result<(), AtomicError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
 }
 
+/// Removes temporary files a killed writer left next to `path` (`.tmp-<name>-*`). Only the
+/// agent writes these names, and only one agent owns a sink directory.
+pub fn remove_stale_temporaries(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".tmp-{}-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Removes `path` if it exists (used when a file must disappear, never for escape checks).
 pub fn remove(path: &Path) -> Result<(), AtomicError> {
     match fs::remove_file(path) {
@@ -210,6 +223,17 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn stale_temporaries_of_a_killed_writer_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        fs::write(dir.path().join(".tmp-t-abc123"), b"half").unwrap();
+        fs::write(dir.path().join(".tmp-other-abc123"), b"keep").unwrap();
+        remove_stale_temporaries(&path);
+        assert!(!dir.path().join(".tmp-t-abc123").exists());
+        assert!(dir.path().join(".tmp-other-abc123").exists());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! instead of fetching a new one, and the hash proves the file and the metadata belong together.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,7 @@ impl FileSinkConfig {
             },
             env_name: self.env_name.clone().unwrap_or_else(|| format::default_env_name(source)),
             source: source.to_owned(),
+            swept: Arc::default(),
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct FileSink {
     owner: Ownership,
     env_name: String,
     source: String,
+    /// Whether leftovers of an earlier, killed run were cleared.
+    swept: Arc<AtomicBool>,
 }
 
 impl FileSink {
@@ -107,6 +112,10 @@ impl FileSink {
     /// Writes `token` (blocking I/O; the agent runs it off the async threads).
     pub fn write(&self, token: &Token) -> Result<Written, AtomicError> {
         let target = atomic::resolve(&self.dir, &self.path)?;
+        if !self.swept.swap(true, Ordering::Relaxed) {
+            atomic::remove_stale_temporaries(&target);
+            atomic::remove_stale_temporaries(&Self::meta_path(&target));
+        }
         let written = atomic::write(&target, &self.format.render(token, &self.source, &self.env_name), self.owner)?;
         let meta = Meta {
             source: self.source.clone(),
