@@ -50,10 +50,10 @@ impl AtomicError {
         match self {
             AtomicError::Escape { .. } => "path_escape",
             AtomicError::IsDirectory { .. } => "not_a_file",
-            AtomicError::Io { source, .. } => match source.raw_os_error() {
-                Some(28) | Some(122) => "no_space",
-                Some(30) => "read_only",
-                _ if source.kind() == io::ErrorKind::PermissionDenied => "permission_denied",
+            AtomicError::Io { source, .. } => match source.kind() {
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "no_space",
+                io::ErrorKind::ReadOnlyFilesystem => "read_only",
+                io::ErrorKind::PermissionDenied => "permission_denied",
                 _ => "io",
             },
         }
