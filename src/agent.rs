@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{Config, RefreshPolicy, RetryPolicy};
 use crate::metrics::Metrics;
-use crate::schedule::{refresh_delay, Backoff};
+use crate::schedule::{Backoff, refresh_delay};
 use crate::sink::{Sink, Written};
-use crate::source::http::{cause_chain, HttpClients};
+use crate::source::http::{HttpClients, cause_chain};
 use crate::source::{BuildError, FetchError, Source};
 use crate::status::Status;
 use crate::token::Token;
@@ -79,7 +79,10 @@ impl Agent {
             let source = s
                 .spec
                 .build(&http, &clients)
-                .map_err(|error| AgentBuildError { source_name: s.name.clone(), error })?;
+                .map_err(|error| AgentBuildError {
+                    source_name: s.name.clone(),
+                    error,
+                })?;
             let sinks = s
                 .sinks
                 .iter()
@@ -140,8 +143,16 @@ impl Agent {
             let shared = self.shared.clone();
             tasks.spawn(async move {
                 let result = runner.once(&shared).await;
-                let required = shared.status.snapshot(shared.clock.now()).iter().any(|s| s.name == runner.name && s.required);
-                OnceOutcome { source: runner.name, required, result }
+                let required = shared
+                    .status
+                    .snapshot(shared.clock.now())
+                    .iter()
+                    .any(|s| s.name == runner.name && s.required);
+                OnceOutcome {
+                    source: runner.name,
+                    required,
+                    result,
+                }
             });
         }
         let mut outcomes = Vec::new();
@@ -223,10 +234,11 @@ impl SourceRunner {
     async fn adopt_existing(&self, shared: &Shared, now: SystemTime) -> Option<Token> {
         let mut best: Option<Token> = None;
         for (sink, _) in &self.sinks {
-            if let Some(t) = sink.load_existing().await {
-                if !refresh_delay(&self.refresh, &t, now, 0.0).is_zero() && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at) {
-                    best = Some(t);
-                }
+            if let Some(t) = sink.load_existing().await
+                && !refresh_delay(&self.refresh, &t, now, 0.0).is_zero()
+                && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at)
+            {
+                best = Some(t);
             }
         }
         if let Some(t) = &best {
@@ -243,8 +255,16 @@ impl SourceRunner {
         let result = self.source.fetch(|| shared.clock.now()).await;
         let took = started.elapsed();
         match &result {
-            Ok(t) => shared.metrics.fetch_succeeded(&self.name, self.kind, took, t.expires_at, shared.clock.now()),
-            Err(e) => shared.metrics.fetch_failed(&self.name, self.kind, took, e.reason()),
+            Ok(t) => shared.metrics.fetch_succeeded(
+                &self.name,
+                self.kind,
+                took,
+                t.expires_at,
+                shared.clock.now(),
+            ),
+            Err(e) => shared
+                .metrics
+                .fetch_failed(&self.name, self.kind, took, e.reason()),
         }
         result
     }
@@ -264,22 +284,30 @@ impl SourceRunner {
                     "token refreshed"
                 );
                 p.current = Some(token);
-                shared.status.update(&self.name, |s| s.last_error_reason = None);
+                shared
+                    .status
+                    .update(&self.name, |s| s.last_error_reason = None);
             }
             Err(e) => {
                 let delay = p.fetch_backoff.next_delay(fastrand::f64());
                 p.next_fetch = now + delay;
                 let reason = e.reason();
-                shared.status.update(&self.name, |s| s.last_error_reason = Some(reason));
+                shared
+                    .status
+                    .update(&self.name, |s| s.last_error_reason = Some(reason));
                 let error = cause_chain(&e);
-                let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))).to_string();
+                let retry_in =
+                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
+                        .to_string();
                 match p.current.as_ref().filter(|t| !t.is_expired(now)) {
                     Some(t) => warn!(
                         source = %self.name, outcome = "failure", reason, %error, retry_in,
                         token_expires_in = %humantime::format_duration(Duration::from_secs(t.remaining(now).as_secs())),
                         "refresh failed; the current token stays in place"
                     ),
-                    None => error!(source = %self.name, outcome = "failure", reason, %error, retry_in, "refresh failed and no valid token is available"),
+                    None => {
+                        error!(source = %self.name, outcome = "failure", reason, %error, retry_in, "refresh failed and no valid token is available")
+                    }
                 }
             }
         }
@@ -288,12 +316,16 @@ impl SourceRunner {
     fn pending_sinks(&self, p: &Progress) -> bool {
         let Some(t) = &p.current else { return false };
         let fp = t.fingerprint();
-        p.delivered.iter().any(|d| d.as_deref() != Some(fp.as_str()))
+        p.delivered
+            .iter()
+            .any(|d| d.as_deref() != Some(fp.as_str()))
     }
 
     /// Writes the current token to every sink that does not hold it yet.
     async fn deliver(&self, shared: &Shared, p: &mut Progress, now: SystemTime) {
-        let Some(token) = p.current.as_ref().filter(|t| !t.is_expired(now)) else { return };
+        let Some(token) = p.current.as_ref().filter(|t| !t.is_expired(now)) else {
+            return;
+        };
         let fp = token.fingerprint();
         let mut failed = false;
         for (i, (sink, label)) in self.sinks.iter().enumerate() {
@@ -303,7 +335,9 @@ impl SourceRunner {
             let started = tokio::time::Instant::now();
             match sink.write(token).await {
                 Ok(written) => {
-                    shared.metrics.sink_written(&self.name, label, started.elapsed());
+                    shared
+                        .metrics
+                        .sink_written(&self.name, label, started.elapsed());
                     if written == Written::Replaced {
                         debug!(source = %self.name, sink = %label, "token written");
                     }
@@ -311,7 +345,9 @@ impl SourceRunner {
                 }
                 Err(e) => {
                     failed = true;
-                    shared.metrics.sink_failed(&self.name, label, started.elapsed(), e.reason());
+                    shared
+                        .metrics
+                        .sink_failed(&self.name, label, started.elapsed(), e.reason());
                     warn!(source = %self.name, sink = %label, reason = e.reason(), error = %cause_chain(&e), "sink write failed; the previous token stays in place");
                 }
             }
@@ -324,7 +360,8 @@ impl SourceRunner {
     }
 
     fn publish(&self, shared: &Shared, p: &Progress, now: SystemTime) {
-        let valid = p.current.as_ref().is_some_and(|t| !t.is_expired(now)) && !self.pending_sinks(p);
+        let valid =
+            p.current.as_ref().is_some_and(|t| !t.is_expired(now)) && !self.pending_sinks(p);
         shared.metrics.set_valid(&self.name, valid);
         shared.metrics.set_next_refresh(&self.name, p.next_fetch);
         let expires_at = p.current.as_ref().map(|t| t.expires_at);
@@ -340,7 +377,10 @@ impl SourceRunner {
         let token = match self.adopt_existing(shared, now).await {
             Some(t) => t,
             None => {
-                let t = self.fetch(shared).await.map_err(|e| format!("fetch failed: {}", cause_chain(&e)))?;
+                let t = self
+                    .fetch(shared)
+                    .await
+                    .map_err(|e| format!("fetch failed: {}", cause_chain(&e)))?;
                 info!(source = %self.name, outcome = "success", expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "token fetched");
                 t
             }
@@ -404,13 +444,20 @@ mod tests {
     }
 
     fn offsets(calls: &[SystemTime]) -> Vec<f64> {
-        calls.iter().map(|c| c.duration_since(calls[0]).unwrap().as_secs_f64()).collect()
+        calls
+            .iter()
+            .map(|c| c.duration_since(calls[0]).unwrap().as_secs_f64())
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn refreshes_between_70_and_80_percent_of_the_lifetime() {
         let dir = tempfile::tempdir().unwrap();
-        let script = Scripted::new([(Duration::ZERO, Ok(100 * SEC)), (Duration::ZERO, Ok(100 * SEC)), (Duration::ZERO, Ok(100 * SEC))]);
+        let script = Scripted::new([
+            (Duration::ZERO, Ok(100 * SEC)),
+            (Duration::ZERO, Ok(100 * SEC)),
+            (Duration::ZERO, Ok(100 * SEC)),
+        ]);
         let (agent, _) = agent(dir.path(), std::slice::from_ref(&script));
         let shared = agent.shared();
         let (stop, task) = start(agent);
@@ -418,7 +465,11 @@ mod tests {
         assert_eq!(read(dir.path(), "s0.token"), "token-1");
         assert!(shared.status.all_required_ready(shared.clock.now()));
         tokio::time::sleep(68 * SEC).await;
-        assert_eq!(script.calls().len(), 1, "no refresh before 70% of the lifetime");
+        assert_eq!(
+            script.calls().len(),
+            1,
+            "no refresh before 70% of the lifetime"
+        );
         tokio::time::sleep(12 * SEC).await;
         assert_eq!(script.calls().len(), 2, "refreshed by 80% of the lifetime");
         assert_eq!(read(dir.path(), "s0.token"), "token-2");
@@ -440,24 +491,51 @@ mod tests {
         tokio::time::sleep(50 * SEC).await;
         // First refresh attempt happened between 42 s and 48 s, and failed.
         assert!(script.calls().len() >= 2);
-        assert_eq!(read(dir.path(), "s0.token"), "token-1", "the last good token stays in place");
-        assert!(shared.status.all_required_ready(shared.clock.now()), "still ready while the token is valid");
+        assert_eq!(
+            read(dir.path(), "s0.token"),
+            "token-1",
+            "the last good token stays in place"
+        );
+        assert!(
+            shared.status.all_required_ready(shared.clock.now()),
+            "still ready while the token is valid"
+        );
         tokio::time::sleep(20 * SEC).await;
         let now = shared.clock.now();
-        assert!(!shared.status.all_required_ready(now), "not ready once the token has expired");
-        assert_eq!(shared.status.snapshot(now)[0].last_error_reason, Some("http_5xx"));
-        assert_eq!(read(dir.path(), "s0.token"), "token-1", "an expired token is not deleted");
+        assert!(
+            !shared.status.all_required_ready(now),
+            "not ready once the token has expired"
+        );
+        assert_eq!(
+            shared.status.snapshot(now)[0].last_error_reason,
+            Some("http_5xx")
+        );
+        assert_eq!(
+            read(dir.path(), "s0.token"),
+            "token-1",
+            "an expired token is not deleted"
+        );
         let at = offsets(&script.calls());
         let gaps: Vec<f64> = at.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
         for (gap, full) in gaps.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
-            assert!(*gap >= full * 0.75 - 1e-6 && *gap <= full + 1e-6, "gaps {gaps:?}");
+            assert!(
+                *gap >= full * 0.75 - 1e-6 && *gap <= full + 1e-6,
+                "gaps {gaps:?}"
+            );
         }
         assert!(gaps.len() >= 3, "gaps {gaps:?}");
         stop.send(true).unwrap();
         task.await.unwrap();
         let metrics = shared.metrics.encode();
-        assert!(metrics.contains("token_agent_refresh_failures_total{reason=\"http_5xx\",source=\"s0\"}"), "{metrics}");
-        assert!(metrics.contains("token_agent_token_valid{source=\"s0\"} 0"), "{metrics}");
+        assert!(
+            metrics
+                .contains("token_agent_refresh_failures_total{reason=\"http_5xx\",source=\"s0\"}"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("token_agent_token_valid{source=\"s0\"} 0"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -468,13 +546,23 @@ mod tests {
         let (agent, _) = agent(dir.path(), std::slice::from_ref(&script));
         let (stop, task) = start(agent);
         tokio::time::sleep(9 * SEC).await;
-        assert_eq!(script.calls().len(), 4, "three failures (1 s, 2 s, 4 s backoff) then a success");
+        assert_eq!(
+            script.calls().len(),
+            4,
+            "three failures (1 s, 2 s, 4 s backoff) then a success"
+        );
         assert_eq!(read(dir.path(), "s0.token"), "token-4");
         tokio::time::sleep(900 * SEC).await;
         let at = offsets(&script.calls());
         assert!(at.len() >= 6, "{at:?}");
-        assert!((700.0..=800.0).contains(&(at[4] - at[3])), "refresh at 70-80% of the lifetime: {at:?}");
-        assert!(at[5] - at[4] <= 1.0 + 1e-6, "first retry after the success waits the initial delay again: {at:?}");
+        assert!(
+            (700.0..=800.0).contains(&(at[4] - at[3])),
+            "refresh at 70-80% of the lifetime: {at:?}"
+        );
+        assert!(
+            at[5] - at[4] <= 1.0 + 1e-6,
+            "first retry after the success waits the initial delay again: {at:?}"
+        );
         stop.send(true).unwrap();
         task.await.unwrap();
     }
@@ -482,7 +570,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_clock_that_jumps_backwards_forces_a_refresh() {
         let dir = tempfile::tempdir().unwrap();
-        let script = Scripted::new([(Duration::ZERO, Ok(3600 * SEC)), (Duration::ZERO, Ok(3600 * SEC))]);
+        let script = Scripted::new([
+            (Duration::ZERO, Ok(3600 * SEC)),
+            (Duration::ZERO, Ok(3600 * SEC)),
+        ]);
         let (agent, clock) = agent(dir.path(), std::slice::from_ref(&script));
         let (stop, task) = start(agent);
         tokio::time::sleep(SEC).await;
@@ -516,7 +607,10 @@ mod tests {
         let shared = agent.shared();
         let (stop, task) = start(agent);
         tokio::time::sleep(SEC / 2).await;
-        assert!(!shared.status.all_required_ready(shared.clock.now()), "not ready while a sink lacks the token");
+        assert!(
+            !shared.status.all_required_ready(shared.clock.now()),
+            "not ready while a sink lacks the token"
+        );
         std::fs::remove_dir(dir.path().join("s0.token")).unwrap();
         tokio::time::sleep(5 * SEC).await;
         assert_eq!(read(dir.path(), "s0.token"), "token-1");
@@ -542,7 +636,11 @@ mod tests {
         let shared = agent2.shared();
         let (stop, task) = start(agent2);
         tokio::time::sleep(SEC).await;
-        assert_eq!(second.calls().len(), 0, "no fetch: the token on disk is still valid");
+        assert_eq!(
+            second.calls().len(),
+            0,
+            "no fetch: the token on disk is still valid"
+        );
         assert_eq!(read(dir.path(), "s0.token"), "token-1");
         assert!(shared.status.all_required_ready(shared.clock.now()));
         stop.send(true).unwrap();

@@ -28,7 +28,13 @@ impl Clock {
 
     /// `base` plus the time elapsed on tokio's clock (which tests can pause and advance).
     pub fn manual(base: SystemTime) -> Self {
-        Clock { manual: Some(Arc::new(Manual { base, start: tokio::time::Instant::now(), skew_ms: AtomicI64::new(0) })) }
+        Clock {
+            manual: Some(Arc::new(Manual {
+                base,
+                start: tokio::time::Instant::now(),
+                skew_ms: AtomicI64::new(0),
+            })),
+        }
     }
 
     /// Moves a manual clock by `delta_ms` (negative = backwards); no effect on the system clock.

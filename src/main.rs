@@ -70,7 +70,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     token_agent::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -88,7 +92,11 @@ fn main() -> ExitCode {
                 Ok(c) => once(c).await,
                 Err(code) => Ok(code),
             },
-            Command::Dev { dir, listen, token_ttl } => dev(dir, listen, token_ttl).await,
+            Command::Dev {
+                dir,
+                listen,
+                token_ttl,
+            } => dev(dir, listen, token_ttl).await,
         }
     });
     match result {
@@ -120,7 +128,11 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn validate(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            println!("{}: ok ({} source(s))", path.display(), config.sources.len());
+            println!(
+                "{}: ok ({} source(s))",
+                path.display(),
+                config.sources.len()
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -147,7 +159,12 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn start_server(server: &ServerConfig, shared: Arc<Shared>, shutdown: watch::Receiver<bool>, fallback: bool) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+async fn start_server(
+    server: &ServerConfig,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    fallback: bool,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if !server.enabled {
         return Ok(None);
     }
@@ -171,7 +188,13 @@ async fn start_server(server: &ServerConfig, shared: Arc<Shared>, shutdown: watc
 async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result<ExitCode> {
     let agent = Agent::build(&config, Clock::system())?;
     let shutdown = shutdown_on_signal();
-    let http = start_server(&config.server, agent.shared(), shutdown.clone(), fallback_port).await?;
+    let http = start_server(
+        &config.server,
+        agent.shared(),
+        shutdown.clone(),
+        fallback_port,
+    )
+    .await?;
     info!(sources = config.sources.len(), "token-agent started");
     agent.run(shutdown).await;
     if let Some(handle) = http {
@@ -202,7 +225,10 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
     if failed_required.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("required source(s) without a token: {}", failed_required.join(", "));
+        eprintln!(
+            "required source(s) without a token: {}",
+            failed_required.join(", ")
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -210,11 +236,18 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
 async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<ExitCode> {
     let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
     let issuer = dev::issuer::Issuer::start("dev-client", &secret, ttl).await?;
-    let secret_file = tempfile::NamedTempFile::new().context("cannot create the demo client secret file")?;
-    std::fs::write(secret_file.path(), &secret).context("cannot write the demo client secret file")?;
+    let secret_file =
+        tempfile::NamedTempFile::new().context("cannot create the demo client secret file")?;
+    std::fs::write(secret_file.path(), &secret)
+        .context("cannot write the demo client secret file")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = dev::config(&issuer.token_url(), secret_file.path(), &dir, &listen.to_string())
-        .map_err(|e| anyhow::anyhow!("built-in dev config is invalid: {e}"))?;
+    let config = dev::config(
+        &issuer.token_url(),
+        secret_file.path(),
+        &dir,
+        &listen.to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("built-in dev config is invalid: {e}"))?;
     info!(
         issuer = %issuer.token_url(),
         tokens = %dir.display(),

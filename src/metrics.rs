@@ -5,11 +5,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-const FETCH_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const WRITE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+const FETCH_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const WRITE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -48,21 +53,103 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
         };
         // Names and label sets are constants: construction cannot fail.
         let m = (|| -> prometheus::Result<Metrics> {
             Ok(Metrics {
-                refresh_duration: registered(&r, histogram("token_agent_refresh_duration_seconds", "Duration of each fetch attempt.", FETCH_BUCKETS, &["source", "kind"])?),
-                refresh_total: registered(&r, IntCounterVec::new(opts("token_agent_refresh_total", "Fetch attempts by result."), &["source", "result"])?),
-                refresh_failures: registered(&r, IntCounterVec::new(opts("token_agent_refresh_failures_total", "Failed fetches by reason."), &["source", "reason"])?),
-                token_expiry: registered(&r, GaugeVec::new(opts("token_agent_token_expiry_timestamp_seconds", "Expiry of the current token (Unix time)."), &["source"])?),
-                last_success: registered(&r, GaugeVec::new(opts("token_agent_token_last_success_timestamp_seconds", "Time of the last successful fetch (Unix time)."), &["source"])?),
-                token_valid: registered(&r, IntGaugeVec::new(opts("token_agent_token_valid", "1 while an unexpired token is in every sink of the source."), &["source"])?),
-                next_refresh: registered(&r, GaugeVec::new(opts("token_agent_next_refresh_timestamp_seconds", "When the next fetch is planned (Unix time)."), &["source"])?),
-                sink_write_duration: registered(&r, histogram("token_agent_sink_write_duration_seconds", "Duration of each sink write.", WRITE_BUCKETS, &["source", "sink"])?),
-                sink_failures: registered(&r, IntCounterVec::new(opts("token_agent_sink_failures_total", "Failed sink writes by reason."), &["source", "sink", "reason"])?),
-                sources: registered(&r, IntGauge::with_opts(opts("token_agent_sources", "Configured sources."))?),
+                refresh_duration: registered(
+                    &r,
+                    histogram(
+                        "token_agent_refresh_duration_seconds",
+                        "Duration of each fetch attempt.",
+                        FETCH_BUCKETS,
+                        &["source", "kind"],
+                    )?,
+                ),
+                refresh_total: registered(
+                    &r,
+                    IntCounterVec::new(
+                        opts("token_agent_refresh_total", "Fetch attempts by result."),
+                        &["source", "result"],
+                    )?,
+                ),
+                refresh_failures: registered(
+                    &r,
+                    IntCounterVec::new(
+                        opts(
+                            "token_agent_refresh_failures_total",
+                            "Failed fetches by reason.",
+                        ),
+                        &["source", "reason"],
+                    )?,
+                ),
+                token_expiry: registered(
+                    &r,
+                    GaugeVec::new(
+                        opts(
+                            "token_agent_token_expiry_timestamp_seconds",
+                            "Expiry of the current token (Unix time).",
+                        ),
+                        &["source"],
+                    )?,
+                ),
+                last_success: registered(
+                    &r,
+                    GaugeVec::new(
+                        opts(
+                            "token_agent_token_last_success_timestamp_seconds",
+                            "Time of the last successful fetch (Unix time).",
+                        ),
+                        &["source"],
+                    )?,
+                ),
+                token_valid: registered(
+                    &r,
+                    IntGaugeVec::new(
+                        opts(
+                            "token_agent_token_valid",
+                            "1 while an unexpired token is in every sink of the source.",
+                        ),
+                        &["source"],
+                    )?,
+                ),
+                next_refresh: registered(
+                    &r,
+                    GaugeVec::new(
+                        opts(
+                            "token_agent_next_refresh_timestamp_seconds",
+                            "When the next fetch is planned (Unix time).",
+                        ),
+                        &["source"],
+                    )?,
+                ),
+                sink_write_duration: registered(
+                    &r,
+                    histogram(
+                        "token_agent_sink_write_duration_seconds",
+                        "Duration of each sink write.",
+                        WRITE_BUCKETS,
+                        &["source", "sink"],
+                    )?,
+                ),
+                sink_failures: registered(
+                    &r,
+                    IntCounterVec::new(
+                        opts(
+                            "token_agent_sink_failures_total",
+                            "Failed sink writes by reason.",
+                        ),
+                        &["source", "sink", "reason"],
+                    )?,
+                ),
+                sources: registered(
+                    &r,
+                    IntGauge::with_opts(opts("token_agent_sources", "Configured sources."))?,
+                ),
                 registry: r.clone(),
             })
         })();
@@ -70,12 +157,19 @@ impl Metrics {
             Ok(m) => m,
             Err(e) => unreachable!("static metric definitions are valid: {e}"),
         };
-        if let Ok(info) = IntGaugeVec::new(opts("token_agent_build_info", "Build information."), &["version"]) {
-            registered(&m.registry, info).with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        if let Ok(info) = IntGaugeVec::new(
+            opts("token_agent_build_info", "Build information."),
+            &["version"],
+        ) {
+            registered(&m.registry, info)
+                .with_label_values(&[env!("CARGO_PKG_VERSION")])
+                .set(1);
         }
         #[cfg(target_os = "linux")]
         {
-            let _ = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = m.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
         m
     }
@@ -91,35 +185,66 @@ impl Metrics {
         self.sources.set(n as i64);
     }
 
-    pub fn fetch_succeeded(&self, source: &str, kind: &str, took: Duration, expires_at: SystemTime, now: SystemTime) {
-        self.refresh_duration.with_label_values(&[source, kind]).observe(took.as_secs_f64());
-        self.refresh_total.with_label_values(&[source, "success"]).inc();
-        self.token_expiry.with_label_values(&[source]).set(unix(expires_at));
-        self.last_success.with_label_values(&[source]).set(unix(now));
+    pub fn fetch_succeeded(
+        &self,
+        source: &str,
+        kind: &str,
+        took: Duration,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) {
+        self.refresh_duration
+            .with_label_values(&[source, kind])
+            .observe(took.as_secs_f64());
+        self.refresh_total
+            .with_label_values(&[source, "success"])
+            .inc();
+        self.token_expiry
+            .with_label_values(&[source])
+            .set(unix(expires_at));
+        self.last_success
+            .with_label_values(&[source])
+            .set(unix(now));
     }
 
     pub fn fetch_failed(&self, source: &str, kind: &str, took: Duration, reason: &str) {
-        self.refresh_duration.with_label_values(&[source, kind]).observe(took.as_secs_f64());
-        self.refresh_total.with_label_values(&[source, "failure"]).inc();
-        self.refresh_failures.with_label_values(&[source, reason]).inc();
+        self.refresh_duration
+            .with_label_values(&[source, kind])
+            .observe(took.as_secs_f64());
+        self.refresh_total
+            .with_label_values(&[source, "failure"])
+            .inc();
+        self.refresh_failures
+            .with_label_values(&[source, reason])
+            .inc();
     }
 
     /// A token adopted from an earlier run's sink (counts neither as success nor failure).
     pub fn token_adopted(&self, source: &str, expires_at: SystemTime) {
-        self.token_expiry.with_label_values(&[source]).set(unix(expires_at));
+        self.token_expiry
+            .with_label_values(&[source])
+            .set(unix(expires_at));
     }
 
     pub fn sink_written(&self, source: &str, sink: &str, took: Duration) {
-        self.sink_write_duration.with_label_values(&[source, sink]).observe(took.as_secs_f64());
+        self.sink_write_duration
+            .with_label_values(&[source, sink])
+            .observe(took.as_secs_f64());
     }
 
     pub fn sink_failed(&self, source: &str, sink: &str, took: Duration, reason: &str) {
-        self.sink_write_duration.with_label_values(&[source, sink]).observe(took.as_secs_f64());
-        self.sink_failures.with_label_values(&[source, sink, reason]).inc();
+        self.sink_write_duration
+            .with_label_values(&[source, sink])
+            .observe(took.as_secs_f64());
+        self.sink_failures
+            .with_label_values(&[source, sink, reason])
+            .inc();
     }
 
     pub fn set_valid(&self, source: &str, valid: bool) {
-        self.token_valid.with_label_values(&[source]).set(i64::from(valid));
+        self.token_valid
+            .with_label_values(&[source])
+            .set(i64::from(valid));
     }
 
     pub fn set_next_refresh(&self, source: &str, at: SystemTime) {
@@ -128,5 +253,7 @@ impl Metrics {
 }
 
 fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -13,15 +13,26 @@ use crate::token::Token;
 /// `[min_interval, max_interval]`. `min_interval` never pushes the refresh past expiry: for a
 /// token shorter-lived than that, the unclamped time is used. A wall clock earlier than the
 /// token's issue time means the clock jumped backwards, and the token is refreshed at once.
-pub fn refresh_delay(policy: &RefreshPolicy, token: &Token, now: SystemTime, random: f64) -> Duration {
+pub fn refresh_delay(
+    policy: &RefreshPolicy,
+    token: &Token,
+    now: SystemTime,
+    random: f64,
+) -> Duration {
     let Ok(age) = now.duration_since(token.issued_at) else {
         return Duration::ZERO;
     };
     let lifetime = token.lifetime();
-    let target = lifetime.mul_f64(policy.at.fraction()).saturating_sub(lifetime.mul_f64(policy.jitter.fraction() * random.clamp(0.0, 1.0)));
+    let target = lifetime
+        .mul_f64(policy.at.fraction())
+        .saturating_sub(lifetime.mul_f64(policy.jitter.fraction() * random.clamp(0.0, 1.0)));
     let base = target.saturating_sub(age);
     let clamped = base.clamp(policy.min_interval, policy.max_interval);
-    if clamped >= token.remaining(now) { base } else { clamped }
+    if clamped >= token.remaining(now) {
+        base
+    } else {
+        clamped
+    }
 }
 
 /// Exponential backoff: `initial`, doubling up to `max`, each delay shortened by up to 25 %
@@ -73,19 +84,36 @@ mod tests {
     }
 
     fn token(issued: SystemTime, lifetime: u64) -> Token {
-        Token::new("t".into(), "Bearer".into(), issued, issued + Duration::from_secs(lifetime))
+        Token::new(
+            "t".into(),
+            "Bearer".into(),
+            issued,
+            issued + Duration::from_secs(lifetime),
+        )
     }
 
     #[test]
     fn refreshes_at_80_percent_minus_jitter() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let t = token(now, 1000);
-        assert_eq!(refresh_delay(&policy(), &t, now, 0.0), Duration::from_secs(800));
-        assert_eq!(refresh_delay(&policy(), &t, now, 0.5), Duration::from_secs(750));
+        assert_eq!(
+            refresh_delay(&policy(), &t, now, 0.0),
+            Duration::from_secs(800)
+        );
+        assert_eq!(
+            refresh_delay(&policy(), &t, now, 0.5),
+            Duration::from_secs(750)
+        );
         let almost_full_jitter = refresh_delay(&policy(), &t, now, 0.999_999_9).as_secs_f64();
-        assert!((700.0..700.001).contains(&almost_full_jitter), "{almost_full_jitter}");
+        assert!(
+            (700.0..700.001).contains(&almost_full_jitter),
+            "{almost_full_jitter}"
+        );
         // Later in its life, the remaining wait shrinks.
-        assert_eq!(refresh_delay(&policy(), &t, now + Duration::from_secs(500), 0.0), Duration::from_secs(300));
+        assert_eq!(
+            refresh_delay(&policy(), &t, now + Duration::from_secs(500), 0.0),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -93,28 +121,43 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let mut p = policy();
         p.max_interval = Duration::from_secs(60);
-        assert_eq!(refresh_delay(&p, &token(now, 1000), now, 0.0), Duration::from_secs(60));
+        assert_eq!(
+            refresh_delay(&p, &token(now, 1000), now, 0.0),
+            Duration::from_secs(60)
+        );
         // Past the refresh point: wait min_interval rather than spin.
-        assert_eq!(refresh_delay(&p, &token(now, 1000), now + Duration::from_secs(850), 0.0), Duration::from_secs(10));
+        assert_eq!(
+            refresh_delay(&p, &token(now, 1000), now + Duration::from_secs(850), 0.0),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
     fn min_interval_never_outlives_the_token() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         // 5 s token: 80 % is 4 s, which beats the 10 s min_interval that would let it expire.
-        assert_eq!(refresh_delay(&policy(), &token(now, 5), now, 0.0), Duration::from_secs(4));
+        assert_eq!(
+            refresh_delay(&policy(), &token(now, 5), now, 0.0),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]
     fn clock_jumped_backwards_forces_refresh() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let t = token(now, 1000);
-        assert_eq!(refresh_delay(&policy(), &t, now - Duration::from_secs(1), 0.0), Duration::ZERO);
+        assert_eq!(
+            refresh_delay(&policy(), &t, now - Duration::from_secs(1), 0.0),
+            Duration::ZERO
+        );
     }
 
     #[test]
     fn backoff_doubles_caps_jitters_and_resets() {
-        let mut b = Backoff::new(RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300) });
+        let mut b = Backoff::new(RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        });
         let seq: Vec<u64> = (0..11).map(|_| b.next_delay(0.0).as_secs()).collect();
         assert_eq!(seq, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(b.next_delay(0.999_999).as_secs_f64().round(), 225.0);

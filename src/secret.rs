@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use secrecy::SecretString;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// A reference to a credential, resolved each time it is needed so that a rotated file is
 /// picked up on the next fetch without a restart.
@@ -24,7 +24,10 @@ pub enum SecretRef {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read credential file {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("credential file {path} is empty")]
     EmptyFile { path: PathBuf },
     #[error("environment variable {name} is not set or not valid UTF-8")]
@@ -38,8 +41,10 @@ impl SecretRef {
     pub fn load(&self) -> Result<SecretString, SecretError> {
         match self {
             SecretRef::File(path) => {
-                let raw = std::fs::read_to_string(path)
-                    .map_err(|source| SecretError::File { path: path.clone(), source })?;
+                let raw = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?;
                 let value = strip_one_newline(&raw);
                 if value.is_empty() {
                     return Err(SecretError::EmptyFile { path: path.clone() });
@@ -47,7 +52,8 @@ impl SecretRef {
                 Ok(SecretString::from(value))
             }
             SecretRef::Env(name) => {
-                let value = std::env::var(name).map_err(|_| SecretError::Env { name: name.clone() })?;
+                let value =
+                    std::env::var(name).map_err(|_| SecretError::Env { name: name.clone() })?;
                 if value.is_empty() {
                     return Err(SecretError::EmptyEnv { name: name.clone() });
                 }
@@ -63,7 +69,9 @@ impl SecretRef {
 }
 
 fn strip_one_newline(s: &str) -> &str {
-    s.strip_suffix("\r\n").or_else(|| s.strip_suffix('\n')).unwrap_or(s)
+    s.strip_suffix("\r\n")
+        .or_else(|| s.strip_suffix('\n'))
+        .unwrap_or(s)
 }
 
 impl fmt::Debug for SecretRef {
@@ -85,7 +93,9 @@ impl<'de> Deserialize<'de> for SecretRef {
             type Value = SecretRef;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a credential reference: { file: PATH }, { env: NAME } or { value: STRING }")
+                f.write_str(
+                    "a credential reference: { file: PATH }, { env: NAME } or { value: STRING }",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
@@ -100,13 +110,19 @@ impl<'de> Deserialize<'de> for SecretRef {
                         "file" => SecretRef::File(PathBuf::from(value)),
                         "env" => SecretRef::Env(value),
                         "value" => SecretRef::Inline(value),
-                        other => return Err(de::Error::unknown_field(other, &["file", "env", "value"])),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["file", "env", "value"]));
+                        }
                     };
                     if found.replace(parsed).is_some() {
-                        return Err(de::Error::custom("give exactly one of `file`, `env` or `value`"));
+                        return Err(de::Error::custom(
+                            "give exactly one of `file`, `env` or `value`",
+                        ));
                     }
                 }
-                found.ok_or_else(|| de::Error::custom("give exactly one of `file`, `env` or `value`"))
+                found.ok_or_else(|| {
+                    de::Error::custom("give exactly one of `file`, `env` or `value`")
+                })
             }
         }
 
@@ -127,17 +143,25 @@ mod tests {
         let got = SecretRef::File(path.clone()).load().unwrap();
         assert_eq!(got.expose_secret(), "abc \n");
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(SecretRef::File(path).load(), Err(SecretError::EmptyFile { .. })));
+        assert!(matches!(
+            SecretRef::File(path).load(),
+            Err(SecretError::EmptyFile { .. })
+        ));
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = SecretRef::File("/nonexistent/cred".into()).load().unwrap_err();
+        let err = SecretRef::File("/nonexistent/cred".into())
+            .load()
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/cred"), "{err}");
     }
 
     #[test]
     fn debug_hides_inline_values() {
-        assert_eq!(format!("{:?}", SecretRef::Inline("hunter2".into())), "Inline(<redacted>)");
+        assert_eq!(
+            format!("{:?}", SecretRef::Inline("hunter2".into())),
+            "Inline(<redacted>)"
+        );
     }
 }

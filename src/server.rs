@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::{Shared, HEARTBEAT_PERIOD};
+use crate::agent::{HEARTBEAT_PERIOD, Shared};
 
 /// The heartbeat may miss this many beats before `/healthz` reports the loop as stuck.
 const MISSED_BEATS: u32 = 6;
@@ -28,14 +28,26 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.status.alive(shared.clock.now(), HEARTBEAT_PERIOD * MISSED_BEATS) {
+    if shared
+        .status
+        .alive(shared.clock.now(), HEARTBEAT_PERIOD * MISSED_BEATS)
+    {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop is not running\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler loop is not running\n",
+        )
     }
 }
 
@@ -43,8 +55,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let now = shared.clock.now();
     let sources = shared.status.snapshot(now);
     let ready = sources.iter().filter(|s| s.required).all(|s| s.ready);
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(serde_json::json!({ "ready": ready, "sources": sources })))
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({ "ready": ready, "sources": sources })),
+    )
 }
 
 /// Binds `addr` (so a port conflict is reported before the agent starts).
@@ -53,7 +72,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

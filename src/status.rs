@@ -37,7 +37,14 @@ pub struct Status {
 impl Status {
     pub fn register(&self, name: &str, required: bool) {
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
-        map.insert(name.to_owned(), SourceStatus { name: name.to_owned(), required, ..Default::default() });
+        map.insert(
+            name.to_owned(),
+            SourceStatus {
+                name: name.to_owned(),
+                required,
+                ..Default::default()
+            },
+        );
     }
 
     pub fn update(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
@@ -52,23 +59,35 @@ impl Status {
     pub fn snapshot(&self, now: SystemTime) -> Vec<SourceStatus> {
         let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
         map.values()
-            .map(|s| SourceStatus { ready: s.ready && s.expires_at.is_some_and(|e| e > now), ..s.clone() })
+            .map(|s| SourceStatus {
+                ready: s.ready && s.expires_at.is_some_and(|e| e > now),
+                ..s.clone()
+            })
             .collect()
     }
 
     /// True once every required source is ready.
     pub fn all_required_ready(&self, now: SystemTime) -> bool {
-        self.snapshot(now).iter().filter(|s| s.required).all(|s| s.ready)
+        self.snapshot(now)
+            .iter()
+            .filter(|s| s.required)
+            .all(|s| s.ready)
     }
 
     pub fn beat(&self, now: SystemTime) {
-        let ms = now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         self.heartbeat_unix_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether the scheduler's heartbeat is more recent than `max_age`.
     pub fn alive(&self, now: SystemTime, max_age: Duration) -> bool {
-        let last = UNIX_EPOCH + Duration::from_millis(self.heartbeat_unix_ms.load(Ordering::Relaxed));
-        now.duration_since(last).map(|age| age <= max_age).unwrap_or(true)
+        let last =
+            UNIX_EPOCH + Duration::from_millis(self.heartbeat_unix_ms.load(Ordering::Relaxed));
+        now.duration_since(last)
+            .map(|age| age <= max_age)
+            .unwrap_or(true)
     }
 }

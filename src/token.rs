@@ -24,8 +24,19 @@ pub struct Token {
 }
 
 impl Token {
-    pub fn new(value: SecretString, token_type: String, issued_at: SystemTime, expires_at: SystemTime) -> Self {
-        Self { value, token_type, issued_at, expires_at, metadata: BTreeMap::new() }
+    pub fn new(
+        value: SecretString,
+        token_type: String,
+        issued_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Self {
+        Self {
+            value,
+            token_type,
+            issued_at,
+            expires_at,
+            metadata: BTreeMap::new(),
+        }
     }
 
     /// The secret value. Callers must only hand it to a sink or an outgoing request.
@@ -35,7 +46,9 @@ impl Token {
 
     /// Total lifetime as issued (zero if the issuer reported an expiry in the past).
     pub fn lifetime(&self) -> Duration {
-        self.expires_at.duration_since(self.issued_at).unwrap_or_default()
+        self.expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default()
     }
 
     /// Time left at `now` (zero once expired).
@@ -69,8 +82,14 @@ impl fmt::Debug for Token {
         f.debug_struct("Token")
             .field("value", &"<redacted>")
             .field("token_type", &self.token_type)
-            .field("issued_at", &humantime::format_rfc3339_seconds(self.issued_at).to_string())
-            .field("expires_at", &humantime::format_rfc3339_seconds(self.expires_at).to_string())
+            .field(
+                "issued_at",
+                &humantime::format_rfc3339_seconds(self.issued_at).to_string(),
+            )
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.expires_at).to_string(),
+            )
             .field("metadata", &self.metadata)
             .finish()
     }
@@ -83,7 +102,12 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let t = Token::new("s3cr3t-token-value".into(), "Bearer".into(), now, now + Duration::from_secs(60));
+        let t = Token::new(
+            "s3cr3t-token-value".into(),
+            "Bearer".into(),
+            now,
+            now + Duration::from_secs(60),
+        );
         let shown = format!("{t:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("2023-11-14T22:13:20Z"), "{shown}");
@@ -93,6 +117,9 @@ mod tests {
 
     #[test]
     fn fingerprint_is_sha256_hex() {
-        assert_eq!(fingerprint(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            fingerprint(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{secret_file, Mock, Reply};
+use common::{Mock, Reply, secret_file};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 
 fn agent(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env_remove("RUST_LOG").env_remove("TOKEN_AGENT_CONFIG");
+    c.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TOKEN_AGENT_CONFIG");
     c
 }
 
@@ -24,16 +26,28 @@ fn output(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(dir: &Path, body: &str) -> String {
     let path = dir.join("config.yaml");
-    std::fs::write(&path, body.replace("{dir}", &dir.join("tokens").display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        body.replace("{dir}", &dir.join("tokens").display().to_string()),
+    )
+    .unwrap();
     path.display().to_string()
 }
 
@@ -43,7 +57,12 @@ fn client() -> reqwest::Client {
 }
 
 async fn http_get(url: &str) -> Option<(u16, String)> {
-    let r = client().get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    let r = client()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
     Some((r.status().as_u16(), r.text().await.ok()?))
 }
 
@@ -59,13 +78,19 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "agent did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -75,11 +100,21 @@ fn help_and_version() {
     let o = output(&["--help"]);
     assert!(o.status.success());
     let help = text(&o);
-    for word in ["run", "once", "validate", "dev", "Examples:", "--log-format"] {
+    for word in [
+        "run",
+        "once",
+        "validate",
+        "dev",
+        "Examples:",
+        "--log-format",
+    ] {
         assert!(help.contains(word), "{word} missing from --help");
     }
     let o = output(&["--version"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("token-agent {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("token-agent {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -92,17 +127,36 @@ fn validate_reports_every_problem_with_location_and_exits_64() {
     let o = output(&["validate", "--config", &config]);
     assert_eq!(o.status.code(), Some(64));
     let out = text(&o);
-    assert!(out.contains(&format!("{config}:4:5: sources[0].token_url: scheme `ftp`")), "{out}");
-    assert!(out.contains(&format!("{config}:6:5: sources[0].client_secret: credential written in the config")), "{out}");
-    assert!(out.contains(&format!("{config}:8:17: sources[0].sinks[0].file.path: contains `..`")), "{out}");
+    assert!(
+        out.contains(&format!("{config}:4:5: sources[0].token_url: scheme `ftp`")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{config}:6:5: sources[0].client_secret: credential written in the config"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{config}:8:17: sources[0].sinks[0].file.path: contains `..`"
+        )),
+        "{out}"
+    );
     assert!(out.contains("3 problem(s)"), "{out}");
-    assert!(!out.contains("SENTINEL-INLINE"), "the inline secret's value is not echoed: {out}");
+    assert!(
+        !out.contains("SENTINEL-INLINE"),
+        "the inline secret's value is not echoed: {out}"
+    );
 
     let o = output(&["validate", "--config", "/nonexistent.yaml"]);
     assert_eq!(o.status.code(), Some(64));
     assert!(text(&o).contains("/nonexistent.yaml: cannot read"));
 
-    let ok = write_config(dir.path(), "sources:\n  - { name: a, kind: oauth2, token_url: 'https://x/t', auth: none, sinks: [ { file: { path: a } } ] }\n");
+    let ok = write_config(
+        dir.path(),
+        "sources:\n  - { name: a, kind: oauth2, token_url: 'https://x/t', auth: none, sinks: [ { file: { path: a } } ] }\n",
+    );
     let o = output(&["validate", "-c", &ok]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("ok (1 source(s))"));
@@ -125,29 +179,60 @@ fn two_sources(ok_url: &str, bad_url: &str, bad_required: bool) -> String {
 
 #[tokio::test]
 async fn once_exits_nonzero_naming_required_failures_only() {
-    let good = Mock::start(|_| Reply::json(200, json!({"access_token": "tok-good", "expires_in": 300}))).await;
+    let good =
+        Mock::start(|_| Reply::json(200, json!({"access_token": "tok-good", "expires_in": 300})))
+            .await;
     let bad = Mock::start(|_| Reply::json(401, json!({"error": "invalid_client"}))).await;
     let dir = tempfile::tempdir().unwrap();
 
-    let config = write_config(dir.path(), &two_sources(&good.url("/t"), &bad.url("/t"), true));
-    let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &config])).await.unwrap();
+    let config = write_config(
+        dir.path(),
+        &two_sources(&good.url("/t"), &bad.url("/t"), true),
+    );
+    let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &config]))
+        .await
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("required source(s) without a token: bad"), "{}", text(&o));
-    assert_eq!(std::fs::read_to_string(dir.path().join("tokens/good.token")).unwrap(), "tok-good");
+    assert!(
+        text(&o).contains("required source(s) without a token: bad"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tokens/good.token")).unwrap(),
+        "tok-good"
+    );
 
-    let config = write_config(dir.path(), &two_sources(&good.url("/t"), &bad.url("/t"), false));
-    let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &config])).await.unwrap();
-    assert_eq!(o.status.code(), Some(0), "an optional source may fail: {}", text(&o));
+    let config = write_config(
+        dir.path(),
+        &two_sources(&good.url("/t"), &bad.url("/t"), false),
+    );
+    let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &config]))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "an optional source may fail: {}",
+        text(&o)
+    );
 }
 
 #[tokio::test]
 async fn once_reuses_a_valid_token_already_on_disk() {
-    let mock = Mock::start(|_| Reply::json(200, json!({"access_token": "tok-1", "expires_in": 3600}))).await;
+    let mock =
+        Mock::start(|_| Reply::json(200, json!({"access_token": "tok-1", "expires_in": 3600})))
+            .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &two_sources(&mock.url("/t"), &mock.url("/t"), true));
+    let config = write_config(
+        dir.path(),
+        &two_sources(&mock.url("/t"), &mock.url("/t"), true),
+    );
     for _ in 0..2 {
         let c = config.clone();
-        let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &c])).await.unwrap();
+        let o = tokio::task::spawn_blocking(move || output(&["once", "--config", &c]))
+            .await
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o));
     }
     assert_eq!(mock.requests().len(), 2, "the second run fetched nothing");
@@ -155,16 +240,29 @@ async fn once_reuses_a_valid_token_already_on_disk() {
 
 #[tokio::test]
 async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
-    let mock = Mock::start(|_| Reply::json(200, json!({"access_token": "tok-run", "expires_in": 300}))).await;
+    let mock =
+        Mock::start(|_| Reply::json(200, json!({"access_token": "tok-run", "expires_in": 300})))
+            .await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(
         dir.path(),
-        &format!("defaults: {{ file: {{ dir: '{{dir}}' }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - {{ name: s, kind: oauth2, token_url: '{}', auth: none, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n", mock.url("/t")),
+        &format!(
+            "defaults: {{ file: {{ dir: '{{dir}}' }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - {{ name: s, kind: oauth2, token_url: '{}', auth: none, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n",
+            mock.url("/t")
+        ),
     );
-    let mut child = agent(&["run", "--config", &config]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = agent(&["run", "--config", &config])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    wait_for("readiness", async || http_get(&format!("{base}/readyz")).await.is_some_and(|(code, _)| code == 200)).await;
+    wait_for("readiness", async || {
+        http_get(&format!("{base}/readyz"))
+            .await
+            .is_some_and(|(code, _)| code == 200)
+    })
+    .await;
     let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["sources"][0]["name"], "s");
@@ -172,11 +270,20 @@ async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
     assert_eq!(http_get(&format!("{base}/healthz")).await.unwrap().0, 200);
     let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("token_agent_refresh_total{result=\"success\",source=\"s\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("token_agent_refresh_total{result=\"success\",source=\"s\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(http_get(&format!("{base}/nope")).await.unwrap().0, 404);
-    let post = client().post(format!("{base}/metrics")).send().await.unwrap();
+    let post = client()
+        .post(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status().as_u16(), 405);
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -185,21 +292,45 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     let port = free_port();
-    let mut child = agent(&["dev", "--dir", tokens.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--token-ttl", "2s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = agent(&[
+        "dev",
+        "--dir",
+        tokens.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--token-ttl",
+        "2s",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let read = |name: &str| std::fs::read_to_string(tokens.join(name)).unwrap_or_default();
     wait_for("first token", async || !read("demo-api.token").is_empty()).await;
     let first = read("demo-api.token");
-    wait_for("rotation", async || { let now = read("demo-api.token"); !now.is_empty() && now != first }).await;
+    wait_for("rotation", async || {
+        let now = read("demo-api.token");
+        !now.is_empty() && now != first
+    })
+    .await;
     assert!(read("demo.env").starts_with("DEMO_ENV_TOKEN='"));
-    let (code, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await.unwrap();
+    let (code, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("token_agent_token_valid{source=\"demo-api\"} 1"), "{metrics}");
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    assert!(
+        metrics.contains("token_agent_token_valid{source=\"demo-api\"} 1"),
+        "{metrics}"
+    );
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("token refreshed"), "{log}");
@@ -245,25 +376,42 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let drain = |pipe: Box<dyn std::io::Read + Send>| std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default());
+    let drain = |pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
+    };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let base = format!("http://127.0.0.1:{port}");
-    wait_for("several refresh cycles", async || mock.requests().len() >= 12).await;
+    wait_for("several refresh cycles", async || {
+        mock.requests().len() >= 12
+    })
+    .await;
     let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
     let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     let printed = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
 
-    assert!(printed.contains("refresh failed"), "the failures were logged");
-    assert!(printed.contains("<redacted>"), "echoed credentials were scrubbed, not dropped silently");
+    assert!(
+        printed.contains("refresh failed"),
+        "the failures were logged"
+    );
+    assert!(
+        printed.contains("<redacted>"),
+        "echoed credentials were scrubbed, not dropped silently"
+    );
     assert!(printed.lines().count() > 50, "trace logging was on");
     let written = std::fs::read_to_string(dir.path().join("tokens/basic.token")).unwrap();
     assert!(written.starts_with(TOKEN), "the sink did receive the token");
     let basic = mock.requests().iter().find_map(|r| r.basic_raw()).unwrap();
     assert_eq!(basic.1, SECRET, "the credential did go over the wire");
-    for (what, body) in [("output", &printed), ("metrics", &metrics), ("readyz", &ready)] {
+    for (what, body) in [
+        ("output", &printed),
+        ("metrics", &metrics),
+        ("readyz", &ready),
+    ] {
         for needle in [SECRET, ID, TOKEN, "SENTINEL-QUERY"] {
             assert!(!body.contains(needle), "{needle} leaked into {what}");
         }

@@ -8,8 +8,8 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Mock, Reply};
@@ -21,12 +21,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 fn make_token(n: u64) -> String {
     let payload = "x".repeat(1500 + (n as usize * 37) % 900);
     let body = format!("{n}.{payload}");
-    format!("v1.{body}.{}", token_agent::token::fingerprint(body.as_bytes()))
+    format!(
+        "v1.{body}.{}",
+        token_agent::token::fingerprint(body.as_bytes())
+    )
 }
 
 fn token_is_whole(t: &str) -> bool {
-    let Some(rest) = t.strip_prefix("v1.") else { return false };
-    let Some((body, sum)) = rest.rsplit_once('.') else { return false };
+    let Some(rest) = t.strip_prefix("v1.") else {
+        return false;
+    };
+    let Some((body, sum)) = rest.rsplit_once('.') else {
+        return false;
+    };
     token_agent::token::fingerprint(body.as_bytes()) == sum
 }
 
@@ -39,11 +46,17 @@ struct ReadStats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_rotation_never_exposes_a_broken_token() {
-    let kills: u32 = std::env::var("TOKEN_AGENT_TORTURE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let kills: u32 = std::env::var("TOKEN_AGENT_TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let counter = AtomicU64::new(0);
     let mock = Mock::start(move |_| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
-        Reply::json(200, json!({"access_token": make_token(n), "expires_in": 0.1}))
+        Reply::json(
+            200,
+            json!({"access_token": make_token(n), "expires_in": 0.1}),
+        )
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -75,10 +88,14 @@ async fn sigkill_during_rotation_never_exposes_a_broken_token() {
                             let ok = if i == 0 {
                                 token_is_whole(&text)
                             } else {
-                                serde_json::from_str::<serde_json::Value>(&text).ok().is_some_and(|v| {
-                                    v["token"].as_str().is_some_and(token_is_whole)
-                                        && v["expires_at"].as_str().is_some_and(|e| humantime::parse_rfc3339(e).is_ok())
-                                })
+                                serde_json::from_str::<serde_json::Value>(&text)
+                                    .ok()
+                                    .is_some_and(|v| {
+                                        v["token"].as_str().is_some_and(token_is_whole)
+                                            && v["expires_at"].as_str().is_some_and(|e| {
+                                                humantime::parse_rfc3339(e).is_ok()
+                                            })
+                                    })
                             };
                             if !ok {
                                 stats.bad.fetch_add(1, Ordering::Relaxed);
@@ -96,28 +113,53 @@ async fn sigkill_during_rotation_never_exposes_a_broken_token() {
 
     let killer = tokio::task::spawn_blocking(move || {
         for _ in 0..kills {
-            let mut child = Command::new(BIN).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+            let mut child = Command::new(BIN)
+                .args(["run", "--config", config.to_str().unwrap()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
             std::thread::sleep(Duration::from_millis(fastrand::u64(20..150)));
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
         }
         // One last clean run: leftovers of killed writes are swept on the first write.
-        let mut child = Command::new(BIN).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         child.wait().unwrap()
     });
     let last = killer.await.unwrap();
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
 
-    let (reads, bad, missing) = (stats.reads.load(Ordering::Relaxed), stats.bad.load(Ordering::Relaxed), stats.missing_after_first.load(Ordering::Relaxed));
-    println!("kills={kills} reads={reads} torn_or_mismatched={bad} missing={missing} tokens_issued={}", mock.requests().len());
+    let (reads, bad, missing) = (
+        stats.reads.load(Ordering::Relaxed),
+        stats.bad.load(Ordering::Relaxed),
+        stats.missing_after_first.load(Ordering::Relaxed),
+    );
+    println!(
+        "kills={kills} reads={reads} torn_or_mismatched={bad} missing={missing} tokens_issued={}",
+        mock.requests().len()
+    );
     assert_eq!(bad, 0, "torn or mismatched reads");
     assert_eq!(missing, 0, "the file vanished after it first appeared");
     assert!(reads > 1000, "the reader ran ({reads} reads)");
-    assert!(mock.requests().len() as u32 > kills / 2, "tokens rotated while being killed");
+    assert!(
+        mock.requests().len() as u32 > kills / 2,
+        "tokens rotated while being killed"
+    );
     assert_eq!(last.code(), Some(0));
-    let leftovers: Vec<_> = std::fs::read_dir(&tokens).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&tokens)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

@@ -33,9 +33,17 @@ impl Drop for Provider {
 }
 
 fn start_provider(auth_method: &str) -> Option<Provider> {
-    if !Path::new(OIDC_DIR).join("node_modules/oidc-provider").exists() {
-        assert!(std::env::var_os("TOKEN_AGENT_REQUIRE_OIDC").is_none(), "tests/oidc/node_modules is missing (run `npm ci` there)");
-        eprintln!("SKIPPED: run `npm ci` in tests/oidc to enable the oidc-provider end-to-end test");
+    if !Path::new(OIDC_DIR)
+        .join("node_modules/oidc-provider")
+        .exists()
+    {
+        assert!(
+            std::env::var_os("TOKEN_AGENT_REQUIRE_OIDC").is_none(),
+            "tests/oidc/node_modules is missing (run `npm ci` there)"
+        );
+        eprintln!(
+            "SKIPPED: run `npm ci` in tests/oidc to enable the oidc-provider end-to-end test"
+        );
         return None;
     }
     let mut child = Command::new("node")
@@ -51,8 +59,15 @@ fn start_provider(auth_method: &str) -> Option<Provider> {
         .spawn()
         .expect("node is installed");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("unexpected: {line}")).parse().unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .unwrap_or_else(|| panic!("unexpected: {line}"))
+        .parse()
+        .unwrap();
     Some(Provider { child, port })
 }
 
@@ -67,25 +82,52 @@ fn verify(jwt: &str, jwks: &Value) -> (Value, Value) {
     let header: Value = serde_json::from_slice(&b64(parts[0])).unwrap();
     let claims: Value = serde_json::from_slice(&b64(parts[1])).unwrap();
     assert_eq!(header["alg"], "RS256");
-    let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == header["kid"]).expect("signing key in JWKS");
-    let public = ring::signature::RsaPublicKeyComponents { n: b64(key["n"].as_str().unwrap()), e: b64(key["e"].as_str().unwrap()) };
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("signing key in JWKS");
+    let public = ring::signature::RsaPublicKeyComponents {
+        n: b64(key["n"].as_str().unwrap()),
+        e: b64(key["e"].as_str().unwrap()),
+    };
     let signed = format!("{}.{}", parts[0], parts[1]);
     public
-        .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &b64(parts[2]))
+        .verify(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &b64(parts[2]),
+        )
         .expect("signature verifies against the server's JWKS");
     // The check can fail: a flipped byte in the payload must not verify.
     let tampered = format!("{}.{}x", parts[0], parts[1]);
-    assert!(public.verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, tampered.as_bytes(), &b64(parts[2])).is_err());
+    assert!(
+        public
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                tampered.as_bytes(),
+                &b64(parts[2])
+            )
+            .is_err()
+    );
     (header, claims)
 }
 
 async fn fetch_jwks(port: u16) -> Value {
     token_agent::install_crypto_provider();
-    reqwest::get(format!("http://127.0.0.1:{port}/jwks")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("http://127.0.0.1:{port}/jwks"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn run_once_against(auth_method: &str, auth: &str) {
-    let Some(provider) = start_provider(auth_method) else { return };
+    let Some(provider) = start_provider(auth_method) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
@@ -100,8 +142,15 @@ async fn run_once_against(auth_method: &str, auth: &str) {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN).args(["once", "--config", config.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["once", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let jwt = std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap();
     let (header, claims) = verify(&jwt, &fetch_jwks(provider.port).await);
@@ -110,14 +159,23 @@ async fn run_once_against(auth_method: &str, auth: &str) {
     assert_eq!(claims["aud"], RESOURCE);
     assert_eq!(claims["client_id"], "e2e-client");
     assert_eq!(claims["scope"], "orders.read");
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
 
-    let doc: Value = serde_json::from_slice(&std::fs::read(dir.path().join("tokens/orders.json")).unwrap()).unwrap();
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tokens/orders.json")).unwrap())
+            .unwrap();
     assert_eq!(doc["token"], jwt.as_str());
     let expires = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap();
-    let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims["exp"].as_u64().unwrap());
+    let exp =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims["exp"].as_u64().unwrap());
     let skew = expires.duration_since(exp).unwrap_or_else(|e| e.duration());
-    assert!(skew.as_secs() <= 2, "expiry written ({expires:?}) matches the JWT exp ({exp:?})");
+    assert!(
+        skew.as_secs() <= 2,
+        "expiry written ({expires:?}) matches the JWT exp ({exp:?})"
+    );
 }
 
 #[tokio::test]
@@ -132,7 +190,9 @@ async fn client_secret_post_against_oidc_provider() {
 
 #[tokio::test]
 async fn wrong_secret_is_a_clear_401() {
-    let Some(provider) = start_provider("client_secret_basic") else { return };
+    let Some(provider) = start_provider("client_secret_basic") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(
@@ -144,9 +204,16 @@ async fn wrong_secret_is_a_clear_401() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN).args(["once", "--config", config.to_str().unwrap()]).env("WRONG", "not-the-secret").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["once", "--config", config.to_str().unwrap()])
+        .env("WRONG", "not-the-secret")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("HTTP 401: invalid_client: client authentication failed"), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 401: invalid_client: client authentication failed"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("not-the-secret"));
 }

@@ -5,11 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fake_jwt, once, secret_file, unix_now, vendors, Mock, Reply};
+use common::{Mock, Reply, fake_jwt, once, secret_file, unix_now, vendors};
 use serde_json::json;
 
 fn token_reply(expires_in: u64) -> Reply {
-    Reply::json(200, json!({"access_token": "tok-abc", "token_type": "Bearer", "expires_in": expires_in}))
+    Reply::json(
+        200,
+        json!({"access_token": "tok-abc", "token_type": "Bearer", "expires_in": expires_in}),
+    )
 }
 
 fn source(url: &str, extra: &str) -> String {
@@ -34,18 +37,27 @@ async fn basic_auth_sends_every_parameter_together() {
     );
     let (result, dir) = run(&source(&mock.url("/oauth/token"), &extra)).await;
     result.unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("s.token")).unwrap(), "tok-abc");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "tok-abc"
+    );
 
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 1);
     let r = &reqs[0];
     assert_eq!(r.method, "POST");
     assert_eq!(r.path, "/oauth/token");
-    assert_eq!(r.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
     assert_eq!(r.header("accept"), Some("application/json"));
     assert_eq!(r.header("x-extra"), Some("yes"));
     // RFC 6749 §2.3.1: id and secret are form-encoded before base64.
-    assert_eq!(r.basic_raw(), Some(("my+client".into(), "p%40ss%3Aw%25rd".into())));
+    assert_eq!(
+        r.basic_raw(),
+        Some(("my+client".into(), "p%40ss%3Aw%25rd".into()))
+    );
     let mut form = r.form();
     form.sort();
     assert_eq!(
@@ -79,7 +91,10 @@ async fn post_auth_puts_credentials_in_the_body_only() {
 #[tokio::test]
 async fn json_body_and_custom_response_pointers() {
     let mock = Mock::start(|_| {
-        Reply::json(200, json!({"data": {"token": "tok-json", "validUntil": unix_now() + 600, "type": "MAC"}}))
+        Reply::json(
+            200,
+            json!({"data": {"token": "tok-json", "validUntil": unix_now() + 600, "type": "MAC"}}),
+        )
     })
     .await;
     let extra = "    auth: none\n    body: json\n    scope: x\n    params: { tenant: t1 }\n    response: { token: /data/token, expires_at: /data/validUntil, token_type: /data/type }\n";
@@ -87,12 +102,19 @@ async fn json_body_and_custom_response_pointers() {
     result.unwrap();
     let r = &mock.requests()[0];
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.json(), json!({"grant_type": "client_credentials", "scope": "x", "tenant": "t1"}));
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+    assert_eq!(
+        r.json(),
+        json!({"grant_type": "client_credentials", "scope": "x", "tenant": "t1"})
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
     assert_eq!(doc["token"], "tok-json");
     assert_eq!(doc["token_type"], "MAC");
     let expires = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap();
-    let left = expires.duration_since(std::time::SystemTime::now()).unwrap().as_secs();
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
     assert!((590..=600).contains(&left), "{left}");
 }
 
@@ -104,27 +126,54 @@ async fn apinizer_variant_and_its_documented_errors() {
         unsafe { std::env::set_var("TA_TEST_APINIZER_PW", "pa55") };
         let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
         result.unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-        let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap().duration_since(std::time::SystemTime::now()).unwrap().as_secs();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+        let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs();
         // expires_in (3600) when present, else the JWT exp (1800).
-        let want = if with_expires_in { 3590..=3600 } else { 1790..=1800 };
+        let want = if with_expires_in {
+            3590..=3600
+        } else {
+            1790..=1800
+        };
         assert!(want.contains(&left), "{left}");
     }
 
     let mock = Mock::start(vendors::apinizer("admin", "other", true)).await;
-    let extra = "    auth: post\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
+    let extra =
+        "    auth: post\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
     let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
     let err = result.unwrap_err();
-    assert!(err.contains("HTTP 401: unauthorized_client: Bad credentials"), "{err}");
+    assert!(
+        err.contains("HTTP 401: unauthorized_client: Bad credentials"),
+        "{err}"
+    );
     assert!(!dir.path().join("s.token").exists());
 
     let extra = "    auth: post\n    grant_type: password\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
     let (result, _) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
-    assert!(result.unwrap_err().contains("HTTP 400: unsupported_grant_type: GrantType value must be client_credentials!"));
+    assert!(
+        result.unwrap_err().contains(
+            "HTTP 400: unsupported_grant_type: GrantType value must be client_credentials!"
+        )
+    );
 
-    let down = Mock::start(|_| Reply::json(500, json!({"error": "server_error", "error_description": "An unexpected error occurred"}))).await;
+    let down = Mock::start(|_| {
+        Reply::json(
+            500,
+            json!({"error": "server_error", "error_description": "An unexpected error occurred"}),
+        )
+    })
+    .await;
     let (result, _) = run(&source(&down.url("/apiops/auth/token"), extra)).await;
-    assert!(result.unwrap_err().contains("HTTP 500: server_error: An unexpected error occurred"));
+    assert!(
+        result
+            .unwrap_err()
+            .contains("HTTP 500: server_error: An unexpected error occurred")
+    );
 }
 
 #[tokio::test]
@@ -134,19 +183,40 @@ async fn appviewx_variant_and_its_documented_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
         ("97074e41-8af9", "55AU#NO8%*Zhgv", None),
-        ("97074e41-8af9", "wrong", Some("HTTP 400: OAUTH_CLNT_015: Client Password is incorrect::[Invalid Client credential]")),
-        ("nobody", "55AU#NO8%*Zhgv", Some("HTTP 400: ACCT_SA_003: Service account is invalid/not found")),
+        (
+            "97074e41-8af9",
+            "wrong",
+            Some(
+                "HTTP 400: OAUTH_CLNT_015: Client Password is incorrect::[Invalid Client credential]",
+            ),
+        ),
+        (
+            "nobody",
+            "55AU#NO8%*Zhgv",
+            Some("HTTP 400: ACCT_SA_003: Service account is invalid/not found"),
+        ),
     ];
     for (id, secret, want_error) in cases {
         let secret = secret_file(tmp.path(), "avx", secret);
-        let extra = format!("    auth: basic_raw\n    client_id: '{id}'\n    client_secret: {{ file: '{secret}' }}\n    response: {{ token: /response }}\n");
+        let extra = format!(
+            "    auth: basic_raw\n    client_id: '{id}'\n    client_secret: {{ file: '{secret}' }}\n    response: {{ token: /response }}\n"
+        );
         let (result, dir) = run(&source(&url, &extra)).await;
         match want_error {
             None => {
                 result.unwrap();
-                let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-                let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap().duration_since(std::time::SystemTime::now()).unwrap().as_secs();
-                assert!((1190..=1200).contains(&left), "expiry from the JWT exp claim: {left}");
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap())
+                        .unwrap();
+                let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
+                    .unwrap()
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap()
+                    .as_secs();
+                assert!(
+                    (1190..=1200).contains(&left),
+                    "expiry from the JWT exp claim: {left}"
+                );
             }
             Some(want) => {
                 let err = result.unwrap_err();
@@ -156,12 +226,22 @@ async fn appviewx_variant_and_its_documented_errors() {
         }
     }
     // Without credentials the gateway says ACCT_SA_001.
-    let (result, _) = run(&source(&url, "    auth: none\n    response: { token: /response }\n")).await;
+    let (result, _) = run(&source(
+        &url,
+        "    auth: none\n    response: { token: /response }\n",
+    ))
+    .await;
     assert!(result.unwrap_err().contains("ACCT_SA_001"));
     // Requests carried the raw (not form-encoded) secret and a form grant_type.
     let first = &mock.requests()[0];
-    assert_eq!(first.basic_raw(), Some(("97074e41-8af9".into(), "55AU#NO8%*Zhgv".into())));
-    assert_eq!(first.form_value("grant_type").as_deref(), Some("client_credentials"));
+    assert_eq!(
+        first.basic_raw(),
+        Some(("97074e41-8af9".into(), "55AU#NO8%*Zhgv".into()))
+    );
+    assert_eq!(
+        first.form_value("grant_type").as_deref(),
+        Some("client_credentials")
+    );
 }
 
 #[tokio::test]
@@ -170,8 +250,13 @@ async fn expiry_falls_back_from_jwt_to_ttl_and_fails_without_either() {
     let with_jwt = Mock::start(move |_| Reply::json(200, json!({"access_token": jwt}))).await;
     let (r, dir) = run(&source(&with_jwt.url("/t"), "    auth: none\n")).await;
     r.unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-    let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap().duration_since(std::time::SystemTime::now()).unwrap().as_secs();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+    let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
     assert!((110..=120).contains(&left));
 
     let opaque = Mock::start(|_| Reply::json(200, json!({"access_token": "opaque"}))).await;
@@ -181,7 +266,13 @@ async fn expiry_falls_back_from_jwt_to_ttl_and_fails_without_either() {
     assert!(r.unwrap_err().contains("no expiry"));
     assert!(!dir.path().join("s.token").exists());
 
-    let expired = Mock::start(|_| Reply::json(200, json!({"access_token": "old", "expires_at": 1_600_000_000}))).await;
+    let expired = Mock::start(|_| {
+        Reply::json(
+            200,
+            json!({"access_token": "old", "expires_at": 1_600_000_000}),
+        )
+    })
+    .await;
     let (r, _) = run(&source(&expired.url("/t"), "    auth: none\n")).await;
     assert!(r.unwrap_err().contains("had already expired"));
 }
@@ -191,13 +282,34 @@ async fn transport_and_response_failures_are_classified() {
     let too_big = "x".repeat(2 * 1024 * 1024);
     let too_big2 = too_big.clone();
     let cases: Vec<(Reply, &str)> = vec![
-        (Reply::json(400, json!({"error": "invalid_scope", "error_description": "scope x unknown"})), "HTTP 400: invalid_scope: scope x unknown"),
-        (Reply::text(503, "<html>maintenance</html>"), "answered HTTP 503"),
-        (Reply::text(200, "<html>not json</html>"), "body is not JSON"),
-        (Reply::text(200, "{\"access_token\": \"trunc"), "body is not JSON"),
+        (
+            Reply::json(
+                400,
+                json!({"error": "invalid_scope", "error_description": "scope x unknown"}),
+            ),
+            "HTTP 400: invalid_scope: scope x unknown",
+        ),
+        (
+            Reply::text(503, "<html>maintenance</html>"),
+            "answered HTTP 503",
+        ),
+        (
+            Reply::text(200, "<html>not json</html>"),
+            "body is not JSON",
+        ),
+        (
+            Reply::text(200, "{\"access_token\": \"trunc"),
+            "body is not JSON",
+        ),
         (Reply::text(200, &too_big), "larger than 1048576 bytes"),
-        (Reply::text(200, &too_big2).chunked(), "larger than 1048576 bytes"),
-        (token_reply(60).after(Duration::from_secs(5)), "timed out after 2s"),
+        (
+            Reply::text(200, &too_big2).chunked(),
+            "larger than 1048576 bytes",
+        ),
+        (
+            token_reply(60).after(Duration::from_secs(5)),
+            "timed out after 2s",
+        ),
     ];
     for (reply, want) in cases {
         let mock = Mock::start(move |_| reply.clone()).await;
@@ -207,7 +319,10 @@ async fn transport_and_response_failures_are_classified() {
         assert!(!dir.path().join("s.token").exists());
     }
     let (r, _) = run(&source("http://127.0.0.1:1/t", "    auth: none\n")).await;
-    assert!(r.unwrap_err().contains("cannot connect to http://127.0.0.1:1/t"));
+    assert!(
+        r.unwrap_err()
+            .contains("cannot connect to http://127.0.0.1:1/t")
+    );
 }
 
 #[tokio::test]
@@ -215,15 +330,25 @@ async fn an_unreadable_credential_is_reported_and_nothing_is_sent() {
     let mock = Mock::start(|_| token_reply(60)).await;
     let extra = "    client_id: a\n    client_secret: { file: /nonexistent/secret }\n";
     let (r, _) = run(&source(&mock.url("/t"), extra)).await;
-    assert!(r.unwrap_err().contains("cannot read credential file /nonexistent/secret"));
+    assert!(
+        r.unwrap_err()
+            .contains("cannot read credential file /nonexistent/secret")
+    );
     assert!(mock.requests().is_empty());
 }
 
 #[tokio::test]
 async fn a_url_query_string_never_reaches_an_error() {
     let mock = Mock::start(|_| Reply::text(500, "boom")).await;
-    let (r, _) = run(&source(&mock.url("/t?api_key=SENTINEL-QUERY"), "    auth: none\n")).await;
+    let (r, _) = run(&source(
+        &mock.url("/t?api_key=SENTINEL-QUERY"),
+        "    auth: none\n",
+    ))
+    .await;
     let err = r.unwrap_err();
     assert!(!err.contains("SENTINEL-QUERY"), "{err}");
-    assert_eq!(mock.requests()[0].query.as_deref(), Some("api_key=SENTINEL-QUERY"));
+    assert_eq!(
+        mock.requests()[0].query.as_deref(),
+        Some("api_key=SENTINEL-QUERY")
+    );
 }

@@ -5,12 +5,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
@@ -27,16 +30,27 @@ impl Pki {
     fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "token-agent test CA");
-        Pki { ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "token-agent test CA");
+        Pki {
+            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
     }
 
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone(), key_der: key.serialize_der() }
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
     }
 }
 
@@ -44,26 +58,41 @@ impl Pki {
 /// certificate signed by `client_ca`.
 async fn https_issuer(server: &Leaf, client_ca: Option<&CertificateDer<'static>>) -> u16 {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.clone()).unwrap();
-            builder.with_client_cert_verifier(rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap())
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
         }
         None => builder.with_no_client_auth(),
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der.clone()));
-    let config = builder.with_single_cert(vec![server.der.clone()], key).unwrap();
+    let config = builder
+        .with_single_cert(vec![server.der.clone()], key)
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -73,7 +102,10 @@ async fn https_issuer(server: &Leaf, client_ca: Option<&CertificateDer<'static>>
                     }
                 }
                 let body = r#"{"access_token":"tls-token","expires_in":300}"#;
-                let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = tls.write_all(reply.as_bytes()).await;
                 let _ = tls.shutdown().await;
             });
@@ -107,10 +139,19 @@ async fn private_ca_is_trusted_only_when_configured() {
     let ca = write(dir.path(), "ca.pem", &pki.ca.pem());
 
     let err = once(dir.path(), port, "{}").await.unwrap_err();
-    assert!(err.contains("TLS handshake with https://localhost:") && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.contains("TLS handshake with https://localhost:")
+            && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
 
-    once(dir.path(), port, &format!("{{ ca_file: '{ca}' }}")).await.unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("s.token")).unwrap(), "tls-token");
+    once(dir.path(), port, &format!("{{ ca_file: '{ca}' }}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "tls-token"
+    );
 }
 
 #[tokio::test]
@@ -127,17 +168,33 @@ async fn mutual_tls_presents_the_client_certificate() {
     let without = once(dir.path(), port, &format!("{{ ca_file: '{ca}' }}")).await;
     assert!(without.is_err(), "the server demands a client certificate");
 
-    once(dir.path(), port, &format!("{{ ca_file: '{ca}', client_cert: '{cert}', client_key: '{key}' }}")).await.unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("s.token")).unwrap(), "tls-token");
+    once(
+        dir.path(),
+        port,
+        &format!("{{ ca_file: '{ca}', client_cert: '{cert}', client_key: '{key}' }}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "tls-token"
+    );
 }
 
 #[tokio::test]
 async fn unusable_tls_files_are_named_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let err = once(dir.path(), 1, "{ ca_file: /nonexistent/ca.pem }").await.unwrap_err();
-    assert!(err.contains("source `s`: cannot read /nonexistent/ca.pem"), "{err}");
+    let err = once(dir.path(), 1, "{ ca_file: /nonexistent/ca.pem }")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("source `s`: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
     let junk = write(dir.path(), "junk.pem", "not a certificate");
-    let err = once(dir.path(), 1, &format!("{{ ca_file: '{junk}' }}")).await.unwrap_err();
+    let err = once(dir.path(), 1, &format!("{{ ca_file: '{junk}' }}"))
+        .await
+        .unwrap_err();
     assert!(err.contains("holds no usable PEM certificate"), "{err}");
 }
 
@@ -150,7 +207,9 @@ async fn connect_proxy(target: u16) -> (u16, Arc<std::sync::Mutex<Vec<String>>>)
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { return };
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
@@ -162,9 +221,16 @@ async fn connect_proxy(target: u16) -> (u16, Arc<std::sync::Mutex<Vec<String>>>)
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_string();
-                log.lock().unwrap().push(head.lines().next().unwrap_or_default().to_owned());
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
-                let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                log.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_owned());
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
@@ -197,7 +263,17 @@ async fn https_proxy_from_the_environment_is_used() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(dir.path().join("s.token")).unwrap(), "tls-token");
-    assert_eq!(seen.lock().unwrap().as_slice(), ["CONNECT idp.proxied.test:8443 HTTP/1.1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "tls-token"
+    );
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["CONNECT idp.proxied.test:8443 HTTP/1.1"]
+    );
 }

@@ -23,12 +23,24 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).ok()?;
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status().ok()?.success();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .ok()?
+            .success();
         ok.then(|| Tmpfs(at.to_owned()))
     }
 
     fn remount(&self, mode: &str) {
-        assert!(Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&self.0).status().unwrap().success());
+        assert!(
+            Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(&self.0)
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 }
 
@@ -48,7 +60,9 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 fn fill(dir: &Path) -> PathBuf {
     let filler = dir.join("filler");
-    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).output();
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"])
+        .output();
     filler
 }
 
@@ -56,7 +70,10 @@ fn fill(dir: &Path) -> PathBuf {
 async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     let base = tempfile::tempdir().unwrap();
     let Some(volume) = Tmpfs::mount(&base.path().join("vol"), "256k") else {
-        assert!(std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(), "cannot mount a tmpfs, and TOKEN_AGENT_REQUIRE_MOUNT is set");
+        assert!(
+            std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(),
+            "cannot mount a tmpfs, and TOKEN_AGENT_REQUIRE_MOUNT is set"
+        );
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -64,7 +81,10 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     let counter = n.clone();
     let mock = Mock::start(move |_| {
         let i = counter.fetch_add(1, Ordering::SeqCst);
-        Reply::json(200, json!({"access_token": format!("tok-{i}-{}", "x".repeat(8000)), "expires_in": 30}))
+        Reply::json(
+            200,
+            json!({"access_token": format!("tok-{i}-{}", "x".repeat(8000)), "expires_in": 30}),
+        )
     })
     .await;
     let yaml = format!(
@@ -84,25 +104,50 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     // Disk full: every later write fails; the file keeps a complete old token.
     let filler = fill(&volume.0);
     let before = read();
-    eventually("a no_space failure", || shared.metrics.encode().contains("reason=\"no_space\"")).await;
+    eventually("a no_space failure", || {
+        shared.metrics.encode().contains("reason=\"no_space\"")
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let during = read();
-    assert!(during.starts_with("tok-") && during.len() == before.len() && during == before, "old token intact");
+    assert!(
+        during.starts_with("tok-") && during.len() == before.len() && during == before,
+        "old token intact"
+    );
     std::fs::remove_file(&filler).unwrap();
-    eventually("recovery after space returns", || read() != during && read().starts_with("tok-")).await;
-    eventually("ready again", || shared.status.all_required_ready(shared.clock.now())).await;
+    eventually("recovery after space returns", || {
+        read() != during && read().starts_with("tok-")
+    })
+    .await;
+    eventually("ready again", || {
+        shared.status.all_required_ready(shared.clock.now())
+    })
+    .await;
 
     // Read-only volume: the same promise.
     volume.remount("ro");
     let frozen = read();
-    eventually("a read_only failure", || shared.metrics.encode().contains("reason=\"read_only\"")).await;
+    eventually("a read_only failure", || {
+        shared.metrics.encode().contains("reason=\"read_only\"")
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(read(), frozen, "old token intact on a read-only volume");
     volume.remount("rw");
-    eventually("recovery after the volume is writable", || read() != frozen && read().starts_with("tok-")).await;
+    eventually("recovery after the volume is writable", || {
+        read() != frozen && read().starts_with("tok-")
+    })
+    .await;
 
     stop.send(true).unwrap();
     task.await.unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(&volume.0).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).collect();
-    assert!(leftovers.is_empty(), "failed writes leave no temporary files: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&volume.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "failed writes leave no temporary files: {leftovers:?}"
+    );
 }

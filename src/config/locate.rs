@@ -35,7 +35,10 @@ impl Locator {
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
-            let here = Position { line: span.start.line(), column: span.start.col() + 1 };
+            let here = Position {
+                line: span.start.line(),
+                column: span.start.col() + 1,
+            };
             match event {
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
                     let path = slot_path(&stack);
@@ -47,7 +50,11 @@ impl Locator {
                     });
                 }
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Map { path, key: key @ None }) = stack.last_mut() {
+                    if let Some(Frame::Map {
+                        path,
+                        key: key @ None,
+                    }) = stack.last_mut()
+                    {
                         let full = join_key(path, &value);
                         positions.entry(full).or_insert(here);
                         *key = Some(value.into_owned());
@@ -94,7 +101,11 @@ impl Locator {
 }
 
 fn join_key(parent: &str, key: &str) -> String {
-    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 fn slot_path(stack: &[Frame]) -> String {
@@ -121,12 +132,39 @@ mod tests {
     fn finds_keys_items_and_falls_back_to_parents() {
         let text = "defaults:\n  retry: { initial: 1s }\nsources:\n  - name: a\n    sinks:\n      - file: { path: x }\n  - name: b\n";
         let loc = Locator::new(text);
-        assert_eq!(loc.find("defaults.retry.initial"), Some(Position { line: 2, column: 12 }));
-        assert_eq!(loc.find("sources[0].name"), Some(Position { line: 4, column: 5 }));
-        assert_eq!(loc.find("sources[0].sinks[0].file.path"), Some(Position { line: 6, column: 17 }));
-        assert_eq!(loc.find("sources[1]"), Some(Position { line: 7, column: 5 }));
-        assert_eq!(loc.find("sources[1].token_url"), Some(Position { line: 7, column: 5 }));
-        assert_eq!(loc.find_value("defaults.retry.initial"), Some(Position { line: 2, column: 21 }));
+        assert_eq!(
+            loc.find("defaults.retry.initial"),
+            Some(Position {
+                line: 2,
+                column: 12
+            })
+        );
+        assert_eq!(
+            loc.find("sources[0].name"),
+            Some(Position { line: 4, column: 5 })
+        );
+        assert_eq!(
+            loc.find("sources[0].sinks[0].file.path"),
+            Some(Position {
+                line: 6,
+                column: 17
+            })
+        );
+        assert_eq!(
+            loc.find("sources[1]"),
+            Some(Position { line: 7, column: 5 })
+        );
+        assert_eq!(
+            loc.find("sources[1].token_url"),
+            Some(Position { line: 7, column: 5 })
+        );
+        assert_eq!(
+            loc.find_value("defaults.retry.initial"),
+            Some(Position {
+                line: 2,
+                column: 21
+            })
+        );
         assert_eq!(loc.find_value("sources[1].token_url"), None);
     }
 }

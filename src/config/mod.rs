@@ -120,7 +120,12 @@ pub struct FileDefaults {
 
 impl Default for FileDefaults {
     fn default() -> Self {
-        FileDefaults { dir: default_token_dir(), mode: default_mode(), uid: None, gid: None }
+        FileDefaults {
+            dir: default_token_dir(),
+            mode: default_mode(),
+            uid: None,
+            gid: None,
+        }
     }
 }
 
@@ -143,7 +148,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { enabled: true, listen: default_listen() }
+        ServerConfig {
+            enabled: true,
+            listen: default_listen(),
+        }
     }
 }
 
@@ -206,10 +214,22 @@ impl RefreshConfig {
     /// This override on top of `base`, on top of the built-in defaults.
     pub fn resolve(&self, base: &RefreshConfig) -> RefreshPolicy {
         RefreshPolicy {
-            at: self.at.or(base.at).unwrap_or(Percent::from_fraction_unchecked(0.8)),
-            jitter: self.jitter.or(base.jitter).unwrap_or(Percent::from_fraction_unchecked(0.1)),
-            min_interval: self.min_interval.or(base.min_interval).unwrap_or(Duration::from_secs(10)),
-            max_interval: self.max_interval.or(base.max_interval).unwrap_or(Duration::from_secs(24 * 3600)),
+            at: self
+                .at
+                .or(base.at)
+                .unwrap_or(Percent::from_fraction_unchecked(0.8)),
+            jitter: self
+                .jitter
+                .or(base.jitter)
+                .unwrap_or(Percent::from_fraction_unchecked(0.1)),
+            min_interval: self
+                .min_interval
+                .or(base.min_interval)
+                .unwrap_or(Duration::from_secs(10)),
+            max_interval: self
+                .max_interval
+                .or(base.max_interval)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -217,7 +237,10 @@ impl RefreshConfig {
 impl RetryConfig {
     pub fn resolve(&self, base: &RetryConfig) -> RetryPolicy {
         RetryPolicy {
-            initial: self.initial.or(base.initial).unwrap_or(Duration::from_secs(1)),
+            initial: self
+                .initial
+                .or(base.initial)
+                .unwrap_or(Duration::from_secs(1)),
             max: self.max.or(base.max).unwrap_or(Duration::from_secs(300)),
         }
     }
@@ -226,9 +249,15 @@ impl RetryConfig {
 impl HttpConfig {
     pub fn resolve(&self, base: &HttpConfig) -> HttpSettings {
         HttpSettings {
-            timeout: self.timeout.or(base.timeout).unwrap_or(Duration::from_secs(10)),
+            timeout: self
+                .timeout
+                .or(base.timeout)
+                .unwrap_or(Duration::from_secs(10)),
             ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
-            client_cert: self.client_cert.clone().or_else(|| base.client_cert.clone()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| base.client_cert.clone()),
             client_key: self.client_key.clone().or_else(|| base.client_key.clone()),
         }
     }
@@ -238,13 +267,23 @@ impl Config {
     /// Reads, parses and checks `path`, returning every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let whole_file = |message: String| {
-            ConfigErrors(vec![ConfigError { file: path.to_owned(), position: None, path: String::new(), message }])
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                position: None,
+                path: String::new(),
+                message,
+            }])
         };
-        let size = std::fs::metadata(path).map_err(|e| whole_file(format!("cannot read: {e}")))?.len();
+        let size = std::fs::metadata(path)
+            .map_err(|e| whole_file(format!("cannot read: {e}")))?
+            .len();
         if size > MAX_CONFIG_BYTES {
-            return Err(whole_file(format!("is {size} bytes; a configuration may be at most {MAX_CONFIG_BYTES}")));
+            return Err(whole_file(format!(
+                "is {size} bytes; a configuration may be at most {MAX_CONFIG_BYTES}"
+            )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read: {e}")))?;
         Config::parse(&text, path)
     }
 
@@ -259,7 +298,12 @@ impl Config {
             Err(ConfigErrors(
                 problems
                     .into_iter()
-                    .map(|(path, message)| ConfigError { file: file.to_owned(), position: locator.find(&path), path, message })
+                    .map(|(path, message)| ConfigError {
+                        file: file.to_owned(),
+                        position: locator.find(&path),
+                        path,
+                        message,
+                    })
                     .collect(),
             ))
         }
@@ -290,24 +334,45 @@ fn parse_document(text: &str, file: &Path, locator: &Locator) -> Result<Config, 
         // tagged content only know their field path, which the locator turns into a position.
         let unknown = unknown_field_name(&message)
             .map(|name| join_path(&field_path, name))
-            .or_else(|| (message.starts_with("unknown variant") && is_source_item(&field_path)).then(|| format!("{field_path}.kind")));
+            .or_else(|| {
+                (message.starts_with("unknown variant") && is_source_item(&field_path))
+                    .then(|| format!("{field_path}.kind"))
+            });
         // Preference: the unknown key itself; the offending value; the parser's own position;
         // the closest enclosing field.
         let position = unknown
             .as_deref()
             .and_then(|p| locator.find(p))
-            .or_else(|| locator.find_value(&field_path).filter(|_| !field_path.is_empty() && !is_source_item(&field_path)))
-            .or_else(|| e.location().map(|l| locate::Position { line: l.line() as usize, column: l.column() as usize }))
+            .or_else(|| {
+                locator
+                    .find_value(&field_path)
+                    .filter(|_| !field_path.is_empty() && !is_source_item(&field_path))
+            })
+            .or_else(|| {
+                e.location().map(|l| locate::Position {
+                    line: l.line() as usize,
+                    column: l.column() as usize,
+                })
+            })
             .filter(|p| p.line > 0)
             .or_else(|| locator.find(&field_path));
-        ConfigError { file: file.to_owned(), position, path: unknown.unwrap_or(field_path), message }
+        ConfigError {
+            file: file.to_owned(),
+            position,
+            path: unknown.unwrap_or(field_path),
+            message,
+        }
     })
 }
 
 /// serde_path_to_error writes `sources[0].?` style paths; keep ours uniform.
 fn normalize_path(p: &str) -> String {
     let p = p.trim_start_matches('.');
-    if p == "." { String::new() } else { p.replace(".?", "").replace("?", "") }
+    if p == "." {
+        String::new()
+    } else {
+        p.replace(".?", "").replace("?", "")
+    }
 }
 
 fn join_path(parent: &str, child: &str) -> String {
@@ -330,7 +395,10 @@ fn clean_message(e: &serde_saphyr::Error) -> String {
         None => first,
     };
     // serde-saphyr may lead with its own "line L column C: "; the position is reported apart.
-    match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
         Some((coords, rest)) if coords.contains("column") => rest.to_owned(),
         _ => first.to_owned(),
     }
@@ -338,7 +406,9 @@ fn clean_message(e: &serde_saphyr::Error) -> String {
 
 /// `sources[N]` exactly: an unknown variant there is an unknown `kind`.
 fn is_source_item(path: &str) -> bool {
-    path.strip_prefix("sources[").and_then(|r| r.strip_suffix(']')).is_some_and(|n| n.parse::<usize>().is_ok())
+    path.strip_prefix("sources[")
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
 fn unknown_field_name(message: &str) -> Option<&str> {

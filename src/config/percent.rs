@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A fraction in `[0, 1]`, written `"0%"`…`"100%"`.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
@@ -28,7 +28,9 @@ impl Percent {
             .parse()
             .map_err(|_| format!("`{s}` is not a percentage: write it like \"80%\""))?;
         if !(0.0..=100.0).contains(&value) || value.is_nan() {
-            return Err(format!("`{s}` is out of range: a percentage must be between 0% and 100%"));
+            return Err(format!(
+                "`{s}` is out of range: a percentage must be between 0% and 100%"
+            ));
         }
         Ok(Percent(value / 100.0))
     }
@@ -52,13 +54,19 @@ impl<'de> Deserialize<'de> for Percent {
                 Percent::parse(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
-                Err(E::custom(format!("`{v}` has no unit: write it as \"{v}%\"")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit: write it as \"{v}%\""
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
-                Err(E::custom(format!("`{v}` has no unit: write it as \"{v}%\"")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit: write it as \"{v}%\""
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
-                Err(E::custom(format!("`{v}` has no unit: write it as \"{v}%\"")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit: write it as \"{v}%\""
+                )))
             }
         }
         deserializer.deserialize_any(PercentVisitor)
@@ -74,7 +82,11 @@ mod tests {
         assert_eq!(Percent::parse("80%").unwrap().fraction(), 0.8);
         assert_eq!(Percent::parse(" 12.5 %").unwrap().fraction(), 0.125);
         assert!(Percent::parse("80").unwrap_err().contains("write it like"));
-        assert!(Percent::parse("101%").unwrap_err().contains("between 0% and 100%"));
+        assert!(
+            Percent::parse("101%")
+                .unwrap_err()
+                .contains("between 0% and 100%")
+        );
         assert!(Percent::parse("-1%").unwrap_err().contains("between"));
         assert!(Percent::parse("abc%").is_err());
     }

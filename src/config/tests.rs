@@ -22,10 +22,19 @@ fn the_documented_example_parses_with_every_default() {
     assert!(s.required);
     let r = s.refresh.resolve(&c.defaults.refresh);
     assert_eq!((r.at.fraction(), r.jitter.fraction()), (0.8, 0.1));
-    assert_eq!((r.min_interval, r.max_interval), (Duration::from_secs(10), Duration::from_secs(86400)));
+    assert_eq!(
+        (r.min_interval, r.max_interval),
+        (Duration::from_secs(10), Duration::from_secs(86400))
+    );
     let retry = s.retry.resolve(&c.defaults.retry);
-    assert_eq!((retry.initial, retry.max), (Duration::from_secs(1), Duration::from_secs(300)));
-    assert_eq!(s.http.resolve(&c.defaults.http).timeout, Duration::from_secs(10));
+    assert_eq!(
+        (retry.initial, retry.max),
+        (Duration::from_secs(1), Duration::from_secs(300))
+    );
+    assert_eq!(
+        s.http.resolve(&c.defaults.http).timeout,
+        Duration::from_secs(10)
+    );
     assert_eq!(c.defaults.file.dir, PathBuf::from("/var/run/tokens"));
     assert_eq!(c.defaults.file.mode, FileMode(0o440));
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:9090");
@@ -40,7 +49,10 @@ fn per_source_overrides_merge_field_by_field() {
     );
     let c = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
     let r = c.sources[0].refresh.resolve(&c.defaults.refresh);
-    assert_eq!((r.at.fraction(), r.jitter.fraction(), r.min_interval), (0.5, 0.05, Duration::from_secs(1)));
+    assert_eq!(
+        (r.at.fraction(), r.jitter.fraction(), r.min_interval),
+        (0.5, 0.05, Duration::from_secs(1))
+    );
 }
 
 #[test]
@@ -48,46 +60,245 @@ fn error_table() {
     let src = |extra: &str| format!("sources:\n{GOOD_SOURCE}{extra}");
     let with = |from: &str, to: &str| format!("sources:\n{}", GOOD_SOURCE.replace(from, to));
     let cases: Vec<(String, &str, (usize, usize), &str)> = vec![
-        ("sources: [\n".into(), "sources", (1, 10), "unclosed bracket"),
+        (
+            "sources: [\n".into(),
+            "sources",
+            (1, 10),
+            "unclosed bracket",
+        ),
         ("sources: []\n".into(), "sources", (1, 1), "no sources"),
-        ("source: []\n".into(), "source", (1, 1), "unknown field `source`"),
-        (with("    client_id: a\n", "    client_id: a\n    scpoe: x\n"), "sources[0].scpoe", (6, 5), "unknown field `scpoe`"),
-        (with("kind: oauth2", "kind: oauth3"), "sources[0].kind", (3, 5), "unknown variant `oauth3`"),
-        (with("      - file: { path: a.token }\n", "      - file: { path: a.token, formt: raw }\n"), "sources[0].sinks[0].file.formt", (8, 32), "unknown field `formt`"),
-        (with("      - file: { path: a.token }\n", "      - flie: { path: a.token }\n"), "sources[0].sinks[0]", (8, 9), "unknown variant `flie`"),
-        (format!("defaults:\n  retry: {{ initial: 10 parsecs }}\n{}", src("")), "defaults.retry.initial", (2, 21), "expected a duration"),
-        (format!("defaults:\n  refresh: {{ at: 80 }}\n{}", src("")), "defaults.refresh.at", (2, 18), "write it as \"80%\""),
-        (format!("defaults:\n  refresh: {{ at: 180% }}\n{}", src("")), "defaults.refresh.at", (2, 18), "between 0% and 100%"),
-        (format!("defaults:\n  refresh: {{ at: 100% }}\n{}", src("")), "defaults.refresh.at", (2, 14), "less than 100%"),
-        (format!("defaults:\n  refresh: {{ jitter: 90% }}\n{}", src("")), "defaults.refresh.jitter", (2, 14), "smaller than `at`"),
-        (format!("defaults:\n  refresh: {{ min_interval: 2h, max_interval: 1h }}\n{}", src("")), "defaults.refresh.min_interval", (2, 14), "larger than max_interval"),
-        (format!("defaults:\n  file: {{ mode: 440 }}\n{}", src("")), "defaults.file.mode", (2, 17), "quoted octal string, for example \"0440\""),
-        (format!("defaults:\n  file: {{ mode: \"0200\" }}\n{}", src("")), "defaults.file.mode", (2, 17), "does not let the owner read"),
-        (format!("defaults:\n  http: {{ client_cert: /c.pem }}\n{}", src("")), "defaults.http.client_cert", (2, 11), "go together"),
-        (src(&GOOD_SOURCE.replace("token_url: https://idp.example.com/token", "token_url: https://b")), "sources[1].name", (9, 5), "duplicate source name `a`"),
-        (with("name: a", "name: Bad/Name"), "sources[0].name", (2, 5), "not a valid name"),
-        (with("token_url: https://idp.example.com/token", "token_url: not a url"), "sources[0].token_url", (4, 5), "not a URL"),
-        (with("token_url: https://idp.example.com/token", "token_url: ftp://x/y"), "sources[0].token_url", (4, 5), "scheme `ftp`"),
-        (with("    client_id: a\n", ""), "sources[0].client_id", (2, 5), "required with `auth: basic`"),
-        (with("{ env: A_SECRET }", "hunter2"), "sources[0].client_secret", (6, 5), "allow_inline_secrets"),
-        (with("{ env: A_SECRET }", "{ env: A, file: /x }"), "sources[0]", (2, 5), "exactly one of"),
-        (with("    client_id: a\n", "    client_id: a\n    params: { scope: x }\n"), "sources[0].params.scope", (6, 15), "set by the agent"),
-        (with("    client_id: a\n", "    client_id: a\n    response: { token: access_token }\n"), "sources[0].response.token", (6, 17), "not a JSON pointer"),
-        (with("    client_id: a\n", "    client_id: a\n    ttl: 0s\n"), "sources[0].ttl", (6, 5), "greater than zero"),
-        (with("      - file: { path: a.token }\n", "      - file: { path: ../a.token }\n"), "sources[0].sinks[0].file.path", (8, 17), "could escape"),
-        (with("      - file: { path: a.token }\n", "      - file: { path: /etc/a.token }\n"), "sources[0].sinks[0].file.path", (8, 17), "is absolute"),
-        (with("      - file: { path: a.token }\n", "      - file: { path: a.token, env_name: X }\n"), "sources[0].sinks[0].file.env_name", (8, 32), "only applies to `format: env`"),
-        (with("      - file: { path: a.token }\n", "      - file: { path: a.token }\n      - file: { path: ./a.token }\n"), "sources[0].sinks[1].file.path", (9, 17), "also written by sources[0].sinks[0]"),
-        (with("    sinks:\n      - file: { path: a.token }\n", "    sinks: []\n"), "sources[0].sinks", (7, 5), "no sinks"),
-        ("sources:\n  - name: a\n    name: b\n".into(), "sources[0]", (3, 5), "duplicate mapping key: name"),
+        (
+            "source: []\n".into(),
+            "source",
+            (1, 1),
+            "unknown field `source`",
+        ),
+        (
+            with("    client_id: a\n", "    client_id: a\n    scpoe: x\n"),
+            "sources[0].scpoe",
+            (6, 5),
+            "unknown field `scpoe`",
+        ),
+        (
+            with("kind: oauth2", "kind: oauth3"),
+            "sources[0].kind",
+            (3, 5),
+            "unknown variant `oauth3`",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - file: { path: a.token, formt: raw }\n",
+            ),
+            "sources[0].sinks[0].file.formt",
+            (8, 32),
+            "unknown field `formt`",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - flie: { path: a.token }\n",
+            ),
+            "sources[0].sinks[0]",
+            (8, 9),
+            "unknown variant `flie`",
+        ),
+        (
+            format!("defaults:\n  retry: {{ initial: 10 parsecs }}\n{}", src("")),
+            "defaults.retry.initial",
+            (2, 21),
+            "expected a duration",
+        ),
+        (
+            format!("defaults:\n  refresh: {{ at: 80 }}\n{}", src("")),
+            "defaults.refresh.at",
+            (2, 18),
+            "write it as \"80%\"",
+        ),
+        (
+            format!("defaults:\n  refresh: {{ at: 180% }}\n{}", src("")),
+            "defaults.refresh.at",
+            (2, 18),
+            "between 0% and 100%",
+        ),
+        (
+            format!("defaults:\n  refresh: {{ at: 100% }}\n{}", src("")),
+            "defaults.refresh.at",
+            (2, 14),
+            "less than 100%",
+        ),
+        (
+            format!("defaults:\n  refresh: {{ jitter: 90% }}\n{}", src("")),
+            "defaults.refresh.jitter",
+            (2, 14),
+            "smaller than `at`",
+        ),
+        (
+            format!(
+                "defaults:\n  refresh: {{ min_interval: 2h, max_interval: 1h }}\n{}",
+                src("")
+            ),
+            "defaults.refresh.min_interval",
+            (2, 14),
+            "larger than max_interval",
+        ),
+        (
+            format!("defaults:\n  file: {{ mode: 440 }}\n{}", src("")),
+            "defaults.file.mode",
+            (2, 17),
+            "quoted octal string, for example \"0440\"",
+        ),
+        (
+            format!("defaults:\n  file: {{ mode: \"0200\" }}\n{}", src("")),
+            "defaults.file.mode",
+            (2, 17),
+            "does not let the owner read",
+        ),
+        (
+            format!("defaults:\n  http: {{ client_cert: /c.pem }}\n{}", src("")),
+            "defaults.http.client_cert",
+            (2, 11),
+            "go together",
+        ),
+        (
+            src(&GOOD_SOURCE.replace(
+                "token_url: https://idp.example.com/token",
+                "token_url: https://b",
+            )),
+            "sources[1].name",
+            (9, 5),
+            "duplicate source name `a`",
+        ),
+        (
+            with("name: a", "name: Bad/Name"),
+            "sources[0].name",
+            (2, 5),
+            "not a valid name",
+        ),
+        (
+            with(
+                "token_url: https://idp.example.com/token",
+                "token_url: not a url",
+            ),
+            "sources[0].token_url",
+            (4, 5),
+            "not a URL",
+        ),
+        (
+            with(
+                "token_url: https://idp.example.com/token",
+                "token_url: ftp://x/y",
+            ),
+            "sources[0].token_url",
+            (4, 5),
+            "scheme `ftp`",
+        ),
+        (
+            with("    client_id: a\n", ""),
+            "sources[0].client_id",
+            (2, 5),
+            "required with `auth: basic`",
+        ),
+        (
+            with("{ env: A_SECRET }", "hunter2"),
+            "sources[0].client_secret",
+            (6, 5),
+            "allow_inline_secrets",
+        ),
+        (
+            with("{ env: A_SECRET }", "{ env: A, file: /x }"),
+            "sources[0]",
+            (2, 5),
+            "exactly one of",
+        ),
+        (
+            with(
+                "    client_id: a\n",
+                "    client_id: a\n    params: { scope: x }\n",
+            ),
+            "sources[0].params.scope",
+            (6, 15),
+            "set by the agent",
+        ),
+        (
+            with(
+                "    client_id: a\n",
+                "    client_id: a\n    response: { token: access_token }\n",
+            ),
+            "sources[0].response.token",
+            (6, 17),
+            "not a JSON pointer",
+        ),
+        (
+            with("    client_id: a\n", "    client_id: a\n    ttl: 0s\n"),
+            "sources[0].ttl",
+            (6, 5),
+            "greater than zero",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - file: { path: ../a.token }\n",
+            ),
+            "sources[0].sinks[0].file.path",
+            (8, 17),
+            "could escape",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - file: { path: /etc/a.token }\n",
+            ),
+            "sources[0].sinks[0].file.path",
+            (8, 17),
+            "is absolute",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - file: { path: a.token, env_name: X }\n",
+            ),
+            "sources[0].sinks[0].file.env_name",
+            (8, 32),
+            "only applies to `format: env`",
+        ),
+        (
+            with(
+                "      - file: { path: a.token }\n",
+                "      - file: { path: a.token }\n      - file: { path: ./a.token }\n",
+            ),
+            "sources[0].sinks[1].file.path",
+            (9, 17),
+            "also written by sources[0].sinks[0]",
+        ),
+        (
+            with(
+                "    sinks:\n      - file: { path: a.token }\n",
+                "    sinks: []\n",
+            ),
+            "sources[0].sinks",
+            (7, 5),
+            "no sinks",
+        ),
+        (
+            "sources:\n  - name: a\n    name: b\n".into(),
+            "sources[0]",
+            (3, 5),
+            "duplicate mapping key: name",
+        ),
     ];
     let mut mismatches = Vec::new();
     for (yaml, path, (line, column), message) in cases {
         let all = errors(&yaml);
         let want = format!("c.yaml:{line}:{column}: ");
-        let found = all.iter().any(|e| e.path == path && e.message.contains(message) && e.to_string().starts_with(&want));
+        let found = all.iter().any(|e| {
+            e.path == path && e.message.contains(message) && e.to_string().starts_with(&want)
+        });
         if !found {
-            let got: Vec<String> = all.iter().map(|e| format!("{e} [path={}]", e.path)).collect();
+            let got: Vec<String> = all
+                .iter()
+                .map(|e| format!("{e} [path={}]", e.path))
+                .collect();
             mismatches.push(format!("want {want}{path}: …{message}…\n  got {got:?}"));
         }
     }
@@ -96,9 +307,19 @@ fn error_table() {
 
 #[test]
 fn yaml_1_2_scalars_stay_strings() {
-    let yaml = format!("defaults:\n  file: {{ mode: 0440 }}\nsources:\n{}", GOOD_SOURCE.replace("    sinks:", "    headers: { X-On: yes, X-Off: no }\n    sinks:"));
+    let yaml = format!(
+        "defaults:\n  file: {{ mode: 0440 }}\nsources:\n{}",
+        GOOD_SOURCE.replace(
+            "    sinks:",
+            "    headers: { X-On: yes, X-Off: no }\n    sinks:"
+        )
+    );
     let c = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
-    assert_eq!(c.defaults.file.mode, FileMode(0o440), "an unquoted 0440 is read as octal");
+    assert_eq!(
+        c.defaults.file.mode,
+        FileMode(0o440),
+        "an unquoted 0440 is read as octal"
+    );
     let crate::source::SourceSpec::Oauth2(o) = &c.sources[0].spec;
     assert_eq!(o.headers.get("X-On").map(String::as_str), Some("yes"));
     assert_eq!(o.headers.get("X-Off").map(String::as_str), Some("no"));
@@ -106,7 +327,10 @@ fn yaml_1_2_scalars_stay_strings() {
 
 #[test]
 fn inline_secrets_are_accepted_when_allowed_with_a_warning() {
-    let yaml = format!("allow_inline_secrets: true\nsources:\n{}", GOOD_SOURCE.replace("{ env: A_SECRET }", "hunter2"));
+    let yaml = format!(
+        "allow_inline_secrets: true\nsources:\n{}",
+        GOOD_SOURCE.replace("{ env: A_SECRET }", "hunter2")
+    );
     let c = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
     let warnings = c.warnings();
     assert_eq!(warnings.len(), 1);

@@ -30,18 +30,36 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
             push(format!("{at}.name"), message);
         }
         if let Some(first) = names.insert(&source.name, i) {
-            push(format!("{at}.name"), format!("duplicate source name `{}` (also sources[{first}])", source.name));
+            push(
+                format!("{at}.name"),
+                format!(
+                    "duplicate source name `{}` (also sources[{first}])",
+                    source.name
+                ),
+            );
         }
         check_refresh(&source.refresh, &format!("{at}.refresh"), &mut push);
         check_retry(&source.retry, &format!("{at}.retry"), &mut push);
         check_http(&source.http, &format!("{at}.http"), &mut push);
         let resolved = source.refresh.resolve(&config.defaults.refresh);
         if resolved.min_interval > resolved.max_interval {
-            push(format!("{at}.refresh"), format!("min_interval ({:?}) is larger than max_interval ({:?})", resolved.min_interval, resolved.max_interval));
+            push(
+                format!("{at}.refresh"),
+                format!(
+                    "min_interval ({:?}) is larger than max_interval ({:?})",
+                    resolved.min_interval, resolved.max_interval
+                ),
+            );
         }
         let retry = source.retry.resolve(&config.defaults.retry);
         if retry.initial > retry.max {
-            push(format!("{at}.retry"), format!("initial ({:?}) is larger than max ({:?})", retry.initial, retry.max));
+            push(
+                format!("{at}.retry"),
+                format!(
+                    "initial ({:?}) is larger than max ({:?})",
+                    retry.initial, retry.max
+                ),
+            );
         }
         for (field, message) in source.spec.check() {
             push(format!("{at}.{field}"), message);
@@ -55,17 +73,23 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
             }
         }
         if source.sinks.is_empty() {
-            push(format!("{at}.sinks"), "no sinks: add at least one, e.g. `- file: { path: NAME.token }`".into());
+            push(
+                format!("{at}.sinks"),
+                "no sinks: add at least one, e.g. `- file: { path: NAME.token }`".into(),
+            );
         }
         for (j, sink) in source.sinks.iter().enumerate() {
             let sink_at = format!("{at}.sinks[{j}]");
             for (field, message) in sink.check() {
                 push(format!("{sink_at}.{field}"), message);
             }
-            if let Some((field, target)) = sink.target(&config.defaults.file) {
-                if let Some(other) = targets.insert(target.clone(), sink_at.clone()) {
-                    push(format!("{sink_at}.{field}"), format!("{} is also written by {other}", target.display()));
-                }
+            if let Some((field, target)) = sink.target(&config.defaults.file)
+                && let Some(other) = targets.insert(target.clone(), sink_at.clone())
+            {
+                push(
+                    format!("{sink_at}.{field}"),
+                    format!("{} is also written by {other}", target.display()),
+                );
             }
         }
     }
@@ -76,7 +100,12 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
     config
         .sources
         .iter()
-        .flat_map(|s| s.spec.inline_secrets().into_iter().map(move |f| format!("source `{}`: {f} is written inline in the config", s.name)))
+        .flat_map(|s| {
+            s.spec
+                .inline_secrets()
+                .into_iter()
+                .map(move |f| format!("source `{}`: {f} is written inline in the config", s.name))
+        })
         .collect()
 }
 
@@ -84,28 +113,42 @@ fn name_problem(name: &str) -> Option<String> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     (!valid).then(|| format!("`{name}` is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, `-`, `_` or `.`, starting with a letter or digit"))
 }
 
 fn check_refresh(r: &RefreshConfig, at: &str, push: &mut impl FnMut(String, String)) {
-    if let Some(p) = r.at {
-        if p.fraction() <= 0.0 || p.fraction() >= 1.0 {
-            push(format!("{at}.at"), format!("{p} must be more than 0% and less than 100%"));
-        }
+    if let Some(p) = r.at
+        && (p.fraction() <= 0.0 || p.fraction() >= 1.0)
+    {
+        push(
+            format!("{at}.at"),
+            format!("{p} must be more than 0% and less than 100%"),
+        );
     }
-    if let Some(j) = r.jitter {
-        if j.fraction() >= r.at.map_or(0.8, |a| a.fraction()) {
-            push(format!("{at}.jitter"), format!("{j} must be smaller than `at`"));
-        }
+    if let Some(j) = r.jitter
+        && j.fraction() >= r.at.map_or(0.8, |a| a.fraction())
+    {
+        push(
+            format!("{at}.jitter"),
+            format!("{j} must be smaller than `at`"),
+        );
     }
     if r.min_interval.is_some_and(|d| d.is_zero()) {
-        push(format!("{at}.min_interval"), "must be greater than zero".into());
+        push(
+            format!("{at}.min_interval"),
+            "must be greater than zero".into(),
+        );
     }
-    if let (Some(min), Some(max)) = (r.min_interval, r.max_interval) {
-        if min > max {
-            push(format!("{at}.min_interval"), format!("{min:?} is larger than max_interval ({max:?})"));
-        }
+    if let (Some(min), Some(max)) = (r.min_interval, r.max_interval)
+        && min > max
+    {
+        push(
+            format!("{at}.min_interval"),
+            format!("{min:?} is larger than max_interval ({max:?})"),
+        );
     }
 }
 
@@ -120,6 +163,9 @@ fn check_http(h: &HttpConfig, at: &str, push: &mut impl FnMut(String, String)) {
         push(format!("{at}.timeout"), "must be greater than zero".into());
     }
     if h.client_cert.is_some() != h.client_key.is_some() {
-        push(format!("{at}.client_cert"), "client_cert and client_key go together".into());
+        push(
+            format!("{at}.client_cert"),
+            "client_cert and client_key go together".into(),
+        );
     }
 }

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -47,10 +47,16 @@ pub struct Issuer {
 
 impl Issuer {
     /// Starts on a random loopback port.
-    pub async fn start(client_id: &str, client_secret: &str, ttl: Duration) -> Result<Issuer, IssuerError> {
+    pub async fn start(
+        client_id: &str,
+        client_secret: &str,
+        ttl: Duration,
+    ) -> Result<Issuer, IssuerError> {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| IssuerError::Key)?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).map_err(|_| IssuerError::Key)?;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| IssuerError::Key)?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| IssuerError::Key)?;
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let kid = crate::token::fingerprint(key.public_key().as_ref())[..16].to_owned();
@@ -113,18 +119,35 @@ async fn discovery(State(state): State<Arc<IssuerState>>) -> Json<serde_json::Va
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, Json(json!({ "error": error, "error_description": description }))).into_response()
+    (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
 }
 
 /// Client id and secret from `Authorization: Basic` (RFC 6749 form-encoded) or the body.
-fn client_credentials(headers: &HeaderMap, form: &std::collections::HashMap<String, String>) -> Option<(String, String)> {
-    if let Some(basic) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()?.strip_prefix("Basic ")) {
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &std::collections::HashMap<String, String>,
+) -> Option<(String, String)> {
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok()?.strip_prefix("Basic "))
+    {
         let decoded = String::from_utf8(STANDARD.decode(basic).ok()?).ok()?;
         let (id, secret) = decoded.split_once(':')?;
-        let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        };
         return Some((decode(id)?, decode(secret)?));
     }
-    Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone()))
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
 }
 
 async fn token(
@@ -133,15 +156,28 @@ async fn token(
     Form(form): Form<std::collections::HashMap<String, String>>,
 ) -> Response {
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
     }
     let authenticated = client_credentials(&headers, &form).is_some_and(|(id, secret)| {
-        id == state.client_id && crate::token::fingerprint(secret.as_bytes()) == crate::token::fingerprint(state.client_secret.as_bytes())
+        id == state.client_id
+            && crate::token::fingerprint(secret.as_bytes())
+                == crate::token::fingerprint(state.client_secret.as_bytes())
     });
     if !authenticated {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let n = state.issued.fetch_add(1, Ordering::Relaxed) + 1;
     let mut claims = json!({
         "iss": state.issuer, "sub": state.client_id, "client_id": state.client_id,
@@ -149,16 +185,32 @@ async fn token(
     });
     for key in ["scope", "audience", "resource"] {
         if let Some(v) = form.get(key) {
-            claims[if key == "audience" || key == "resource" { "aud" } else { key }] = json!(v);
+            claims[if key == "audience" || key == "resource" {
+                "aud"
+            } else {
+                key
+            }] = json!(v);
         }
     }
     let header = json!({ "alg": "ES256", "typ": "at+jwt", "kid": state.kid });
-    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
     let Ok(signature) = state.key.sign(&state.rng, signing_input.as_bytes()) else {
-        return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "signing failed");
+        return oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "signing failed",
+        );
     };
-    let jwt = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
-    let mut body = json!({ "access_token": jwt, "token_type": "Bearer", "expires_in": state.ttl.as_secs() });
+    let jwt = format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.as_ref())
+    );
+    let mut body =
+        json!({ "access_token": jwt, "token_type": "Bearer", "expires_in": state.ttl.as_secs() });
     if let Some(scope) = form.get("scope") {
         body["scope"] = json!(scope);
     }

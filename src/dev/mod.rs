@@ -8,7 +8,12 @@ use std::path::Path;
 use crate::config::{Config, ConfigErrors};
 
 /// The built-in configuration, filled in with the issuer's URL and the secret file.
-pub fn config(token_url: &str, secret_file: &Path, dir: &Path, listen: &str) -> Result<Config, ConfigErrors> {
+pub fn config(
+    token_url: &str,
+    secret_file: &Path,
+    dir: &Path,
+    listen: &str,
+) -> Result<Config, ConfigErrors> {
     let yaml = format!(
         r#"# Built-in configuration of `token-agent dev`.
 defaults:

@@ -42,7 +42,11 @@ pub enum AtomicError {
     #[error("{path} is a directory")]
     IsDirectory { path: PathBuf },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl AtomicError {
@@ -61,7 +65,11 @@ impl AtomicError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AtomicError + 'a {
-    move |source| AtomicError::Io { op, path: path.to_owned(), source }
+    move |source| AtomicError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Checks a configured relative path without touching the disk: no `..`, not absolute, no
@@ -75,13 +83,19 @@ pub fn check_relative(path: &Path) -> Result<(), String> {
     }
     for component in path.components() {
         match component {
-            Component::Normal(name) if name.len() > 255 => return Err("has a name longer than 255 bytes".into()),
+            Component::Normal(name) if name.len() > 255 => {
+                return Err("has a name longer than 255 bytes".into());
+            }
             Component::Normal(name) if name.to_string_lossy().starts_with("..") => {
                 return Err("has a name starting with `..` (reserved)".into());
             }
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err("contains `..` and could escape the sink directory".into()),
-            Component::RootDir | Component::Prefix(_) => return Err("is absolute; give a path relative to `dir`".into()),
+            Component::ParentDir => {
+                return Err("contains `..` and could escape the sink directory".into());
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("is absolute; give a path relative to `dir`".into());
+            }
         }
     }
     if path.file_name().is_none() {
@@ -93,14 +107,20 @@ pub fn check_relative(path: &Path) -> Result<(), String> {
 /// Resolves `dir/relative`, creating missing directories, and refuses any result whose parent
 /// resolves (through symlinks) outside `dir`.
 pub fn resolve(dir: &Path, relative: &Path) -> Result<PathBuf, AtomicError> {
-    check_relative(relative).map_err(|_| AtomicError::Escape { path: relative.to_owned(), dir: dir.to_owned() })?;
+    check_relative(relative).map_err(|_| AtomicError::Escape {
+        path: relative.to_owned(),
+        dir: dir.to_owned(),
+    })?;
     let target = dir.join(relative);
     let parent = target.parent().unwrap_or(dir);
     fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
     let real_dir = fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
     let real_parent = fs::canonicalize(parent).map_err(io_err("resolve", parent))?;
     if !real_parent.starts_with(&real_dir) {
-        return Err(AtomicError::Escape { path: target, dir: dir.to_owned() });
+        return Err(AtomicError::Escape {
+            path: target,
+            dir: dir.to_owned(),
+        });
     }
     let name = target.file_name().unwrap_or_default();
     Ok(real_parent.join(name))
@@ -110,25 +130,41 @@ pub fn resolve(dir: &Path, relative: &Path) -> Result<PathBuf, AtomicError> {
 pub fn write(path: &Path, content: &[u8], owner: Ownership) -> Result<Written, AtomicError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => return Err(AtomicError::IsDirectory { path: path.to_owned() }),
-        Ok(meta) if meta.file_type().is_file() && meta.len() == content.len() as u64 => {
-            if fs::read(path).is_ok_and(|existing| existing == content) {
-                enforce(path, owner)?;
-                return Ok(Written::Unchanged);
-            }
+        Ok(meta) if meta.is_dir() => {
+            return Err(AtomicError::IsDirectory {
+                path: path.to_owned(),
+            });
+        }
+        Ok(meta)
+            if meta.file_type().is_file()
+                && meta.len() == content.len() as u64
+                && fs::read(path).is_ok_and(|existing| existing == content) =>
+        {
+            enforce(path, owner)?;
+            return Ok(Written::Unchanged);
         }
         _ => {}
     }
 
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".tmp-{name}-"))
         .tempfile_in(parent)
         .map_err(io_err("create temporary file in", parent))?;
-    temp.write_all(content).map_err(io_err("write", temp.path()))?;
+    temp.write_all(content)
+        .map_err(io_err("write", temp.path()))?;
     apply_owner(temp.as_file(), temp.path(), owner)?;
-    temp.as_file().sync_all().map_err(io_err("fsync", temp.path()))?;
-    temp.persist(path).map_err(|e| AtomicError::Io { op: "rename into", path: path.to_owned(), source: e.error })?;
+    temp.as_file()
+        .sync_all()
+        .map_err(io_err("fsync", temp.path()))?;
+    temp.persist(path).map_err(|e| AtomicError::Io {
+        op: "rename into",
+        path: path.to_owned(),
+        source: e.error,
+    })?;
     sync_dir(parent)?;
     Ok(Written::Replaced)
 }
@@ -137,7 +173,8 @@ fn apply_owner(file: &File, path: &Path, owner: Ownership) -> Result<(), AtomicE
     if owner.uid.is_some() || owner.gid.is_some() {
         std::os::unix::fs::fchown(file, owner.uid, owner.gid).map_err(io_err("chown", path))?;
     }
-    file.set_permissions(Permissions::from_mode(owner.mode)).map_err(io_err("chmod", path))
+    file.set_permissions(Permissions::from_mode(owner.mode))
+        .map_err(io_err("chmod", path))
 }
 
 /// Re-applies mode and owner to an unchanged file, so a drifted mode is repaired.
@@ -155,15 +192,21 @@ fn enforce(path: &Path, owner: Ownership) -> Result<(), AtomicError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AtomicError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
 }
 
 /// Removes temporary files a killed writer left next to `path` (`.tmp-<name>-*`). Only the
 /// agent writes these names, and only one agent owns a sink directory.
 pub fn remove_stale_temporaries(path: &Path) {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
     let prefix = format!(".tmp-{}-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = fs::remove_file(entry.path());
@@ -176,7 +219,11 @@ pub fn remove(path: &Path) -> Result<(), AtomicError> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(AtomicError::Io { op: "remove", path: path.to_owned(), source: e }),
+        Err(e) => Err(AtomicError::Io {
+            op: "remove",
+            path: path.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -185,7 +232,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    const OWNER: Ownership = Ownership { mode: 0o440, uid: None, gid: None };
+    const OWNER: Ownership = Ownership {
+        mode: 0o440,
+        uid: None,
+        gid: None,
+    };
 
     #[test]
     fn relative_path_rules() {
@@ -217,8 +268,16 @@ mod tests {
         let inode = fs::metadata(&path).unwrap().ino();
         fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
         assert_eq!(write(&path, b"one", OWNER).unwrap(), Written::Unchanged);
-        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "unchanged content is not rewritten");
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o440, "mode is enforced on every write");
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            inode,
+            "unchanged content is not rewritten"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().mode() & 0o7777,
+            0o440,
+            "mode is enforced on every write"
+        );
         assert_eq!(write(&path, b"two", OWNER).unwrap(), Written::Replaced);
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();

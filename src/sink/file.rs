@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::atomic::{self, AtomicError, Ownership, Written};
 use super::format::{self, Format};
 use crate::config::{FileDefaults, FileMode};
-use crate::token::{fingerprint, Token};
+use crate::token::{Token, fingerprint};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +44,10 @@ impl FileSinkConfig {
             if self.format != Format::Env {
                 problems.push(("env_name".into(), "only applies to `format: env`".into()));
             } else if !format::is_valid_env_name(name) {
-                problems.push(("env_name".into(), format!("`{name}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")));
+                problems.push((
+                    "env_name".into(),
+                    format!("`{name}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
             }
         }
         problems
@@ -65,7 +68,10 @@ impl FileSinkConfig {
                 uid: self.uid.or(defaults.uid),
                 gid: self.gid.or(defaults.gid),
             },
-            env_name: self.env_name.clone().unwrap_or_else(|| format::default_env_name(source)),
+            env_name: self
+                .env_name
+                .clone()
+                .unwrap_or_else(|| format::default_env_name(source)),
             source: source.to_owned(),
             swept: Arc::default(),
         }
@@ -105,7 +111,10 @@ impl FileSink {
     }
 
     fn meta_path(target: &Path) -> PathBuf {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         target.with_file_name(format!(".{name}.meta.json"))
     }
 
@@ -116,7 +125,11 @@ impl FileSink {
             atomic::remove_stale_temporaries(&target);
             atomic::remove_stale_temporaries(&Self::meta_path(&target));
         }
-        let written = atomic::write(&target, &self.format.render(token, &self.source, &self.env_name), self.owner)?;
+        let written = atomic::write(
+            &target,
+            &self.format.render(token, &self.source, &self.env_name),
+            self.owner,
+        )?;
         let meta = Meta {
             source: self.source.clone(),
             token_type: token.token_type.clone(),
@@ -126,7 +139,10 @@ impl FileSink {
             metadata: token.metadata.clone(),
         };
         let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-        let meta_owner = Ownership { mode: self.owner.mode | 0o444, ..self.owner };
+        let meta_owner = Ownership {
+            mode: self.owner.mode | 0o444,
+            ..self.owner
+        };
         atomic::write(&Self::meta_path(&target), &meta_bytes, meta_owner)?;
         Ok(written)
     }
@@ -135,13 +151,19 @@ impl FileSink {
     pub fn load_existing(&self) -> Option<Token> {
         atomic::check_relative(&self.path).ok()?;
         let target = self.dir.join(&self.path);
-        let meta: Meta = serde_json::from_slice(&std::fs::read(Self::meta_path(&target)).ok()?).ok()?;
+        let meta: Meta =
+            serde_json::from_slice(&std::fs::read(Self::meta_path(&target)).ok()?).ok()?;
         let content = std::fs::read(&target).ok()?;
         let value = self.format.read_token(&content, &self.env_name)?;
         if meta.source != self.source || fingerprint(value.as_bytes()) != meta.sha256 {
             return None;
         }
-        let mut token = Token::new(value.into(), meta.token_type, meta.issued_at, meta.expires_at);
+        let mut token = Token::new(
+            value.into(),
+            meta.token_type,
+            meta.issued_at,
+            meta.expires_at,
+        );
         token.metadata = meta.metadata;
         Some(token)
     }
@@ -153,13 +175,32 @@ mod tests {
     use std::time::Duration;
 
     fn sink(dir: &Path, format: Format) -> FileSink {
-        let config = FileSinkConfig { path: "a/t".into(), format, dir: None, mode: None, uid: None, gid: None, env_name: None };
-        config.build("orders", &FileDefaults { dir: dir.to_owned(), ..FileDefaults::default() })
+        let config = FileSinkConfig {
+            path: "a/t".into(),
+            format,
+            dir: None,
+            mode: None,
+            uid: None,
+            gid: None,
+            env_name: None,
+        };
+        config.build(
+            "orders",
+            &FileDefaults {
+                dir: dir.to_owned(),
+                ..FileDefaults::default()
+            },
+        )
     }
 
     fn token(value: &str) -> Token {
         let now = SystemTime::now();
-        Token::new(value.into(), "Bearer".into(), now, now + Duration::from_secs(300))
+        Token::new(
+            value.into(),
+            "Bearer".into(),
+            now,
+            now + Duration::from_secs(300),
+        )
     }
 
     #[test]
@@ -172,7 +213,16 @@ mod tests {
             s.write(&t).unwrap();
             let back = s.load_existing().unwrap();
             assert!(back.same_value(&t), "{format:?}");
-            assert_eq!(back.expires_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), t.expires_at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+            assert_eq!(
+                back.expires_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                t.expires_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+            );
         }
     }
 

@@ -54,9 +54,15 @@ impl Format {
         let text = std::str::from_utf8(content).ok()?;
         match self {
             Format::Raw => Some(text.to_owned()),
-            Format::Json => serde_json::from_str::<Value>(text).ok()?.get("token")?.as_str().map(str::to_owned),
+            Format::Json => serde_json::from_str::<Value>(text)
+                .ok()?
+                .get("token")?
+                .as_str()
+                .map(str::to_owned),
             Format::Env => {
-                let line = text.lines().find_map(|l| l.strip_prefix(env_name)?.strip_prefix('='))?;
+                let line = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(env_name)?.strip_prefix('='))?;
                 shell_unquote(line)
             }
         }
@@ -75,8 +81,16 @@ fn shell_unquote(s: &str) -> Option<String> {
 
 /// Default variable name for the `env` format: `orders-api` → `ORDERS_API_TOKEN`.
 pub fn default_env_name(source: &str) -> String {
-    let mut name: String =
-        source.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let mut name: String = source
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, '_');
     }
@@ -85,7 +99,9 @@ pub fn default_env_name(source: &str) -> String {
 
 pub fn is_valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -96,8 +112,14 @@ mod tests {
 
     fn token(value: &str) -> Token {
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut t = Token::new(value.into(), "Bearer".into(), at, at + Duration::from_secs(60));
-        t.metadata.insert("controller_uri".into(), "https://mn:6308/".into());
+        let mut t = Token::new(
+            value.into(),
+            "Bearer".into(),
+            at,
+            at + Duration::from_secs(60),
+        );
+        t.metadata
+            .insert("controller_uri".into(), "https://mn:6308/".into());
         t
     }
 
@@ -125,15 +147,28 @@ mod tests {
         let tricky = "a'b $(rm -rf) `x` \"q\"";
         let out = Format::Env.render(&token(tricky), "s", "ORDERS_TOKEN");
         let text = String::from_utf8(out.clone()).unwrap();
-        assert_eq!(text.lines().next().unwrap(), r#"ORDERS_TOKEN='a'\''b $(rm -rf) `x` "q"'"#);
-        assert_eq!(text.lines().nth(1).unwrap(), "ORDERS_TOKEN_EXPIRES_AT='2023-11-14T22:14:20Z'");
-        assert_eq!(Format::Env.read_token(&out, "ORDERS_TOKEN").unwrap(), tricky);
+        assert_eq!(
+            text.lines().next().unwrap(),
+            r#"ORDERS_TOKEN='a'\''b $(rm -rf) `x` "q"'"#
+        );
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "ORDERS_TOKEN_EXPIRES_AT='2023-11-14T22:14:20Z'"
+        );
+        assert_eq!(
+            Format::Env.read_token(&out, "ORDERS_TOKEN").unwrap(),
+            tricky
+        );
         let sh = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("{text}\nprintf %s \"$ORDERS_TOKEN\""))
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8(sh.stdout).unwrap(), tricky, "a shell reads back the exact token");
+        assert_eq!(
+            String::from_utf8(sh.stdout).unwrap(),
+            tricky,
+            "a shell reads back the exact token"
+        );
     }
 
     #[test]

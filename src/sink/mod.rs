@@ -29,13 +29,20 @@ impl SinkConfig {
     /// Problems as `(field relative to this sink entry, message)`.
     pub fn check(&self) -> Vec<(String, String)> {
         match self {
-            SinkConfig::File(c) => c.check().into_iter().map(|(f, m)| (format!("file.{f}"), m)).collect(),
+            SinkConfig::File(c) => c
+                .check()
+                .into_iter()
+                .map(|(f, m)| (format!("file.{f}"), m))
+                .collect(),
         }
     }
 
     /// The place this sink writes to, with the field that names it, so two sinks never write
     /// the same place.
-    pub fn target(&self, file_defaults: &FileDefaults) -> Option<(&'static str, std::path::PathBuf)> {
+    pub fn target(
+        &self,
+        file_defaults: &FileDefaults,
+    ) -> Option<(&'static str, std::path::PathBuf)> {
         match self {
             SinkConfig::File(c) => Some(("file.path", c.dir(file_defaults).join(&c.path))),
         }
@@ -97,7 +104,10 @@ impl Sink {
         match self {
             Sink::File(s) => {
                 let s = s.clone();
-                tokio::task::spawn_blocking(move || s.load_existing()).await.ok().flatten()
+                tokio::task::spawn_blocking(move || s.load_existing())
+                    .await
+                    .ok()
+                    .flatten()
             }
         }
     }

@@ -9,7 +9,10 @@ pub enum FetchError {
     #[error("cannot read credential: {0}")]
     Credential(#[from] SecretError),
     #[error("request to {url} timed out after {timeout:?}")]
-    Timeout { url: String, timeout: std::time::Duration },
+    Timeout {
+        url: String,
+        timeout: std::time::Duration,
+    },
     #[error("cannot connect to {url}: {detail}")]
     Connect { url: String, detail: String },
     #[error("TLS handshake with {url} failed: {detail}")]
@@ -17,7 +20,11 @@ pub enum FetchError {
     #[error("request to {url} failed: {detail}")]
     Request { url: String, detail: String },
     #[error("{url} answered HTTP {status}{}", describe(.remote))]
-    Status { url: String, status: u16, remote: Option<String> },
+    Status {
+        url: String,
+        status: u16,
+        remote: Option<String>,
+    },
     #[error("response from {url} is larger than {limit} bytes")]
     TooLarge { url: String, limit: usize },
     #[error("invalid response from {url}: {detail}")]
@@ -27,7 +34,10 @@ pub enum FetchError {
 }
 
 fn describe(remote: &Option<String>) -> String {
-    remote.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+    remote
+        .as_ref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default()
 }
 
 impl FetchError {

@@ -16,7 +16,10 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no usable PEM certificate: {detail}")]
     Certificate { path: PathBuf, detail: String },
     #[error("client_cert/client_key: {detail}")]
@@ -29,12 +32,19 @@ pub enum ClientBuildError {
 /// connection pools instead of one each.
 #[derive(Default)]
 pub struct HttpClients {
-    by_tls: Mutex<HashMap<(Option<PathBuf>, Option<PathBuf>, Option<PathBuf>), reqwest::Client>>,
+    by_tls: Mutex<HashMap<TlsFiles, reqwest::Client>>,
 }
+
+/// `(ca_file, client_cert, client_key)`: what makes two clients differ.
+type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
 
 impl HttpClients {
     pub fn get(&self, settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildError> {
-        let key = (settings.ca_file.clone(), settings.client_cert.clone(), settings.client_key.clone());
+        let key = (
+            settings.ca_file.clone(),
+            settings.client_cert.clone(),
+            settings.client_key.clone(),
+        );
         let mut cache = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = cache.get(&key) {
             return Ok(client.clone());
@@ -46,7 +56,10 @@ impl HttpClients {
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, ClientBuildError> {
-    std::fs::read(path).map_err(|source| ClientBuildError::Read { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| ClientBuildError::Read {
+        path: path.clone(),
+        source,
+    })
 }
 
 fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildError> {
@@ -57,10 +70,17 @@ fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildE
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &settings.ca_file {
-        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
-            .map_err(|e| ClientBuildError::Certificate { path: ca.clone(), detail: e.to_string() })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
+            ClientBuildError::Certificate {
+                path: ca.clone(),
+                detail: e.to_string(),
+            }
+        })?;
         if certs.is_empty() {
-            return Err(ClientBuildError::Certificate { path: ca.clone(), detail: "no certificate found".into() });
+            return Err(ClientBuildError::Certificate {
+                path: ca.clone(),
+                detail: "no certificate found".into(),
+            });
         }
         builder = builder.tls_certs_merge(certs);
     }
@@ -70,13 +90,21 @@ fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildE
             pem.push(b'\n');
             pem.extend(read(key)?);
             let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| ClientBuildError::Identity { detail: e.to_string() })?;
+                reqwest::Identity::from_pem(&pem).map_err(|e| ClientBuildError::Identity {
+                    detail: e.to_string(),
+                })?;
             builder = builder.identity(identity);
         }
         (None, None) => {}
-        _ => return Err(ClientBuildError::Identity { detail: "give both or neither".into() }),
+        _ => {
+            return Err(ClientBuildError::Identity {
+                detail: "give both or neither".into(),
+            });
+        }
     }
-    builder.build().map_err(|e| ClientBuildError::Build(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| ClientBuildError::Build(e.to_string()))
 }
 
 /// A response read in full (up to [`MAX_RESPONSE_BYTES`]).
@@ -86,16 +114,37 @@ pub struct Reply {
 }
 
 /// Sends `request`, classifying transport failures, and reads at most [`MAX_RESPONSE_BYTES`].
-pub async fn send(request: reqwest::RequestBuilder, url: &str, timeout: Duration) -> Result<Reply, FetchError> {
-    let mut response = request.timeout(timeout).send().await.map_err(|e| classify(e, url, timeout))?;
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+    timeout: Duration,
+) -> Result<Reply, FetchError> {
+    let mut response = request
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| classify(e, url, timeout))?;
     let status = response.status().as_u16();
-    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-        return Err(FetchError::TooLarge { url: url.to_owned(), limit: MAX_RESPONSE_BYTES });
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(FetchError::TooLarge {
+            url: url.to_owned(),
+            limit: MAX_RESPONSE_BYTES,
+        });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, url, timeout))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| classify(e, url, timeout))?
+    {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(FetchError::TooLarge { url: url.to_owned(), limit: MAX_RESPONSE_BYTES });
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+                limit: MAX_RESPONSE_BYTES,
+            });
         }
         body.extend_from_slice(&chunk);
     }

@@ -27,12 +27,19 @@ mod tests {
     use super::*;
 
     fn jwt(claims: &str) -> String {
-        format!("{}.{}.sig", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(claims))
+        format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
     }
 
     #[test]
     fn reads_exp_and_ignores_everything_else() {
-        assert_eq!(expiry(&jwt(r#"{"exp":1650369367}"#)), Some(UNIX_EPOCH + Duration::from_secs(1_650_369_367)));
+        assert_eq!(
+            expiry(&jwt(r#"{"exp":1650369367}"#)),
+            Some(UNIX_EPOCH + Duration::from_secs(1_650_369_367))
+        );
         assert_eq!(expiry(&jwt(r#"{"sub":"x"}"#)), None);
         assert_eq!(expiry(&jwt(r#"{"exp":"soon"}"#)), None);
         assert_eq!(expiry(&jwt(r#"{"exp":-5}"#)), None);

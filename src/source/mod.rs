@@ -59,14 +59,14 @@ impl SourceSpec {
 
     pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<Source, BuildError> {
         Ok(match self {
-            SourceSpec::Oauth2(c) => Source::OAuth2(c.build(http, clients)?),
+            SourceSpec::Oauth2(c) => Source::OAuth2(Box::new(c.build(http, clients)?)),
         })
     }
 }
 
 /// A runnable source.
 pub enum Source {
-    OAuth2(oauth2::OAuth2Source),
+    OAuth2(Box<oauth2::OAuth2Source>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }

@@ -9,17 +9,24 @@ use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::BuildError;
 use super::error::FetchError;
 use super::http::{self, HttpClients};
 use super::response::{self, ResponseMapping};
-use super::BuildError;
 use crate::config::HttpSettings;
 use crate::redact::url_for_display;
 use crate::secret::SecretRef;
 use crate::token::Token;
 
 /// Form/JSON parameters the agent sets itself; `params` may not override them.
-const RESERVED_PARAMS: &[&str] = &["grant_type", "scope", "audience", "resource", "client_id", "client_secret"];
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "audience",
+    "resource",
+    "client_id",
+    "client_secret",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,18 +97,31 @@ impl OAuth2Config {
         let mut problems = Vec::new();
         match url::Url::parse(&self.token_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => problems.push(("token_url".into(), format!("scheme `{}` is not http or https", u.scheme()))),
+            Ok(u) => problems.push((
+                "token_url".into(),
+                format!("scheme `{}` is not http or https", u.scheme()),
+            )),
             Err(e) => problems.push(("token_url".into(), format!("not a URL: {e}"))),
         }
         if self.auth != ClientAuth::None {
             if self.client_id.is_none() {
-                problems.push(("client_id".into(), format!("required with `auth: {}`", self.auth.name())));
+                problems.push((
+                    "client_id".into(),
+                    format!("required with `auth: {}`", self.auth.name()),
+                ));
             }
             if self.client_secret.is_none() {
-                problems.push(("client_secret".into(), format!("required with `auth: {}`", self.auth.name())));
+                problems.push((
+                    "client_secret".into(),
+                    format!("required with `auth: {}`", self.auth.name()),
+                ));
             }
         }
-        for key in self.params.keys().filter(|k| RESERVED_PARAMS.contains(&k.as_str())) {
+        for key in self
+            .params
+            .keys()
+            .filter(|k| RESERVED_PARAMS.contains(&k.as_str()))
+        {
             problems.push((
                 format!("params.{key}"),
                 format!("`{key}` is set by the agent; use the source's own `{key}`/`auth` fields"),
@@ -109,9 +129,15 @@ impl OAuth2Config {
         }
         for name in self.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                problems.push((format!("headers.{name}"), "not a valid HTTP header name".into()));
+                problems.push((
+                    format!("headers.{name}"),
+                    "not a valid HTTP header name".into(),
+                ));
             } else if name.eq_ignore_ascii_case("authorization") && self.auth != ClientAuth::None {
-                problems.push((format!("headers.{name}"), "conflicts with client authentication; set `auth: none`".into()));
+                problems.push((
+                    format!("headers.{name}"),
+                    "conflicts with client authentication; set `auth: none`".into(),
+                ));
             }
         }
         for (field, message) in self.response.check() {
@@ -131,8 +157,13 @@ impl OAuth2Config {
         }
     }
 
-    pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<OAuth2Source, BuildError> {
-        let url = url::Url::parse(&self.token_url).map_err(|e| BuildError::Invalid(format!("token_url: {e}")))?;
+    pub fn build(
+        &self,
+        http: &HttpSettings,
+        clients: &HttpClients,
+    ) -> Result<OAuth2Source, BuildError> {
+        let url = url::Url::parse(&self.token_url)
+            .map_err(|e| BuildError::Invalid(format!("token_url: {e}")))?;
         Ok(OAuth2Source {
             client: clients.get(http)?,
             display_url: url_for_display(&url),
@@ -171,35 +202,46 @@ impl OAuth2Source {
         let client_secret = c.client_secret.as_ref().map(SecretRef::load).transpose()?;
 
         let mut params: Vec<(&str, &str)> = vec![("grant_type", c.grant_type.as_str())];
-        for (key, value) in [("scope", &c.scope), ("audience", &c.audience), ("resource", &c.resource)] {
+        for (key, value) in [
+            ("scope", &c.scope),
+            ("audience", &c.audience),
+            ("resource", &c.resource),
+        ] {
             if let Some(v) = value {
                 params.push((key, v.as_str()));
             }
         }
         params.extend(c.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if c.auth == ClientAuth::Post {
-            if let (Some(id), Some(secret)) = (&client_id, &client_secret) {
-                params.push(("client_id", id.expose_secret()));
-                params.push(("client_secret", secret.expose_secret()));
-            }
+        if c.auth == ClientAuth::Post
+            && let (Some(id), Some(secret)) = (&client_id, &client_secret)
+        {
+            params.push(("client_id", id.expose_secret()));
+            params.push(("client_secret", secret.expose_secret()));
         }
 
-        let mut request = self.client.post(self.url.clone()).header(reqwest::header::ACCEPT, "application/json");
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::ACCEPT, "application/json");
         request = match c.body {
             BodyEncoding::Form => request.form(&params),
             BodyEncoding::Json => request.json(&params.iter().cloned().collect::<BTreeMap<_, _>>()),
         };
-        if let (Some(id), Some(secret)) = (&client_id, &client_secret) {
-            if let Some(header) = basic_header(c.auth, id, secret) {
-                request = request.header(reqwest::header::AUTHORIZATION, header);
-            }
+        if let (Some(id), Some(secret)) = (&client_id, &client_secret)
+            && let Some(header) = basic_header(c.auth, id, secret)
+        {
+            request = request.header(reqwest::header::AUTHORIZATION, header);
         }
         for (name, value) in &c.headers {
             request = request.header(name.as_str(), value.as_str());
         }
 
         let reply = http::send(request, &self.display_url, self.timeout).await?;
-        let secrets: Vec<&str> = [&client_id, &client_secret].into_iter().flatten().map(|s| s.expose_secret()).collect();
+        let secrets: Vec<&str> = [&client_id, &client_secret]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose_secret())
+            .collect();
         if !(200..300).contains(&reply.status) {
             return Err(FetchError::Status {
                 url: self.display_url.clone(),
@@ -212,13 +254,22 @@ impl OAuth2Source {
 }
 
 /// The `Authorization` header value for basic methods; `None` for the others.
-fn basic_header(auth: ClientAuth, id: &SecretString, secret: &SecretString) -> Option<reqwest::header::HeaderValue> {
+fn basic_header(
+    auth: ClientAuth,
+    id: &SecretString,
+    secret: &SecretString,
+) -> Option<reqwest::header::HeaderValue> {
     let pair = match auth {
-        ClientAuth::Basic => format!("{}:{}", form_encode(id.expose_secret()), form_encode(secret.expose_secret())),
+        ClientAuth::Basic => format!(
+            "{}:{}",
+            form_encode(id.expose_secret()),
+            form_encode(secret.expose_secret())
+        ),
         ClientAuth::BasicRaw => format!("{}:{}", id.expose_secret(), secret.expose_secret()),
         ClientAuth::Post | ClientAuth::None => return None,
     };
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair))).ok()?;
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair))).ok()?;
     value.set_sensitive(true);
     Some(value)
 }
@@ -237,10 +288,16 @@ mod tests {
         let id = SecretString::from("my id");
         let secret = SecretString::from("p@ss:w%rd");
         let rfc = basic_header(ClientAuth::Basic, &id, &secret).unwrap();
-        assert_eq!(rfc.to_str().unwrap(), format!("Basic {}", STANDARD.encode("my+id:p%40ss%3Aw%25rd")));
+        assert_eq!(
+            rfc.to_str().unwrap(),
+            format!("Basic {}", STANDARD.encode("my+id:p%40ss%3Aw%25rd"))
+        );
         assert!(rfc.is_sensitive());
         let raw = basic_header(ClientAuth::BasicRaw, &id, &secret).unwrap();
-        assert_eq!(raw.to_str().unwrap(), format!("Basic {}", STANDARD.encode("my id:p@ss:w%rd")));
+        assert_eq!(
+            raw.to_str().unwrap(),
+            format!("Basic {}", STANDARD.encode("my id:p@ss:w%rd"))
+        );
         assert!(basic_header(ClientAuth::Post, &id, &secret).is_none());
     }
 }

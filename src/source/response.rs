@@ -59,11 +59,23 @@ impl Default for ResponseMapping {
 impl ResponseMapping {
     /// Configuration problems as `(field, message)`.
     pub fn check(&self) -> Vec<(&'static str, String)> {
-        [("token", &self.token), ("expires_in", &self.expires_in), ("expires_at", &self.expires_at), ("token_type", &self.token_type)]
-            .into_iter()
-            .filter(|(_, p)| !p.is_empty() && !p.starts_with('/'))
-            .map(|(field, p)| (field, format!("`{p}` is not a JSON pointer: it must start with `/`, like `/access_token`")))
-            .collect()
+        [
+            ("token", &self.token),
+            ("expires_in", &self.expires_in),
+            ("expires_at", &self.expires_at),
+            ("token_type", &self.token_type),
+        ]
+        .into_iter()
+        .filter(|(_, p)| !p.is_empty() && !p.starts_with('/'))
+        .map(|(field, p)| {
+            (
+                field,
+                format!(
+                    "`{p}` is not a JSON pointer: it must start with `/`, like `/access_token`"
+                ),
+            )
+        })
+        .collect()
     }
 }
 
@@ -77,12 +89,23 @@ pub fn token_from_json(
     now: SystemTime,
     url: &str,
 ) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::InvalidResponse { url: url.to_owned(), detail };
-    let json: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON ({e})")))?;
+    let invalid = |detail: String| FetchError::InvalidResponse {
+        url: url.to_owned(),
+        detail,
+    };
+    let json: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON ({e})")))?;
     let value = match json.pointer(&mapping.token) {
         Some(Value::String(s)) => s.as_str(),
-        Some(Value::Null) | None => return Err(invalid(format!("no token at `{}`", mapping.token))),
-        Some(_) => return Err(invalid(format!("the value at `{}` is not a string", mapping.token))),
+        Some(Value::Null) | None => {
+            return Err(invalid(format!("no token at `{}`", mapping.token)));
+        }
+        Some(_) => {
+            return Err(invalid(format!(
+                "the value at `{}` is not a string",
+                mapping.token
+            )));
+        }
     };
     check_token_text(value).map_err(invalid)?;
     let expires_at = expiry_from_json(&json, mapping, now).map_err(invalid)?;
@@ -101,8 +124,16 @@ pub fn token_from_json(
             expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
         });
     }
-    let token_type = json.pointer(&mapping.token_type).and_then(Value::as_str).unwrap_or("Bearer");
-    Ok(Token::new(value.into(), token_type.chars().take(32).collect(), now, expires_at))
+    let token_type = json
+        .pointer(&mapping.token_type)
+        .and_then(Value::as_str)
+        .unwrap_or("Bearer");
+    Ok(Token::new(
+        value.into(),
+        token_type.chars().take(32).collect(),
+        now,
+        expires_at,
+    ))
 }
 
 /// A token must be non-empty printable text of reasonable size: anything else would break the
@@ -120,9 +151,14 @@ pub fn check_token_text(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn expiry_from_json(json: &Value, mapping: &ResponseMapping, now: SystemTime) -> Result<Option<SystemTime>, String> {
+fn expiry_from_json(
+    json: &Value,
+    mapping: &ResponseMapping,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, String> {
     if let Some(v) = json.pointer(&mapping.expires_in).filter(|v| !v.is_null()) {
-        let secs = number(v).ok_or_else(|| format!("`{}` is not a number of seconds", mapping.expires_in))?;
+        let secs = number(v)
+            .ok_or_else(|| format!("`{}` is not a number of seconds", mapping.expires_in))?;
         if !(0.0..=1e10).contains(&secs) {
             return Err(format!("`{}` is out of range", mapping.expires_in));
         }
@@ -132,10 +168,16 @@ fn expiry_from_json(json: &Value, mapping: &ResponseMapping, now: SystemTime) ->
         if let Some(secs) = number(v).filter(|s| (0.0..=1e11).contains(s)) {
             return Ok(Some(UNIX_EPOCH + Duration::from_secs_f64(secs)));
         }
-        if let Some(at) = v.as_str().and_then(|s| humantime::parse_rfc3339_weak(s).ok()) {
+        if let Some(at) = v
+            .as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        {
             return Ok(Some(at));
         }
-        return Err(format!("`{}` is neither epoch seconds nor an RFC 3339 time", mapping.expires_at));
+        return Err(format!(
+            "`{}` is neither epoch seconds nor an RFC 3339 time",
+            mapping.expires_at
+        ));
     }
     Ok(None)
 }
@@ -154,14 +196,24 @@ fn number(v: &Value) -> Option<f64> {
 /// MindSphere (`errors[0].code`, `errors[0].message`). Scrubbed of `secrets`.
 pub fn describe_error_body(body: &[u8], secrets: &[&str]) -> Option<String> {
     let json: Value = serde_json::from_slice(body).ok()?;
-    let text = |p: &str| json.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let pairs = [("/error", "/error_description"), ("/appStatusCode", "/message"), ("/errors/0/code", "/errors/0/message")];
-    let described = pairs.iter().find_map(|(code, message)| match (text(code), text(message)) {
-        (Some(c), Some(m)) => Some(format!("{c}: {m}")),
-        (Some(c), None) => Some(c.to_owned()),
-        (None, Some(m)) => Some(m.to_owned()),
-        (None, None) => None,
-    })?;
+    let text = |p: &str| {
+        json.pointer(p)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let pairs = [
+        ("/error", "/error_description"),
+        ("/appStatusCode", "/message"),
+        ("/errors/0/code", "/errors/0/message"),
+    ];
+    let described = pairs
+        .iter()
+        .find_map(|(code, message)| match (text(code), text(message)) {
+            (Some(c), Some(m)) => Some(format!("{c}: {m}")),
+            (Some(c), None) => Some(c.to_owned()),
+            (None, Some(m)) => Some(m.to_owned()),
+            (None, None) => None,
+        })?;
     Some(scrub(&described, secrets))
 }
 
@@ -176,19 +228,39 @@ mod tests {
     }
 
     fn parse(body: &str, ttl: Option<Duration>) -> Result<Token, FetchError> {
-        token_from_json(body.as_bytes(), &ResponseMapping::default(), ttl, now(), URL)
+        token_from_json(
+            body.as_bytes(),
+            &ResponseMapping::default(),
+            ttl,
+            now(),
+            URL,
+        )
     }
 
     #[test]
     fn expiry_precedence() {
-        let t = parse(r#"{"access_token":"a","expires_in":60,"expires_at":1700009999}"#, None).unwrap();
+        let t = parse(
+            r#"{"access_token":"a","expires_in":60,"expires_at":1700009999}"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(t.expires_at, now() + Duration::from_secs(60));
         let t = parse(r#"{"access_token":"a","expires_in":"120"}"#, None).unwrap();
         assert_eq!(t.expires_at, now() + Duration::from_secs(120));
         let t = parse(r#"{"access_token":"a","expires_at":1700000100}"#, None).unwrap();
-        assert_eq!(t.expires_at, UNIX_EPOCH + Duration::from_secs(1_700_000_100));
-        let t = parse(r#"{"access_token":"a","expires_at":"2023-11-14T22:15:00Z"}"#, None).unwrap();
-        assert_eq!(t.expires_at, UNIX_EPOCH + Duration::from_secs(1_700_000_100));
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+        );
+        let t = parse(
+            r#"{"access_token":"a","expires_at":"2023-11-14T22:15:00Z"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+        );
         let t = parse(r#"{"access_token":"a"}"#, Some(Duration::from_secs(900))).unwrap();
         assert_eq!(t.expires_at, now() + Duration::from_secs(900));
         assert_eq!(t.token_type, "Bearer");
@@ -197,10 +269,14 @@ mod tests {
     #[test]
     fn jwt_exp_is_used_before_ttl() {
         use base64::Engine;
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1700000300}"#);
+        let claims =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1700000300}"#);
         let body = format!(r#"{{"access_token":"h.{claims}.s","token_type":"bearer"}}"#);
         let t = parse(&body, Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(t.expires_at, UNIX_EPOCH + Duration::from_secs(1_700_000_300));
+        assert_eq!(
+            t.expires_at,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_300)
+        );
         assert_eq!(t.token_type, "bearer");
     }
 
@@ -208,13 +284,28 @@ mod tests {
     fn rejects_bad_bodies_with_reasons() {
         let cases = [
             ("not json", "body is not JSON"),
-            (r#"{"token":"a","expires_in":5}"#, "no token at `/access_token`"),
+            (
+                r#"{"token":"a","expires_in":5}"#,
+                "no token at `/access_token`",
+            ),
             (r#"{"access_token":42,"expires_in":5}"#, "is not a string"),
-            (r#"{"access_token":"","expires_in":5}"#, "the token is empty"),
-            (r#"{"access_token":"a\nb","expires_in":5}"#, "control characters"),
-            (r#"{"access_token":"a","expires_in":"soon"}"#, "not a number of seconds"),
+            (
+                r#"{"access_token":"","expires_in":5}"#,
+                "the token is empty",
+            ),
+            (
+                r#"{"access_token":"a\nb","expires_in":5}"#,
+                "control characters",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":"soon"}"#,
+                "not a number of seconds",
+            ),
             (r#"{"access_token":"a","expires_in":-1}"#, "out of range"),
-            (r#"{"access_token":"a","expires_at":"tomorrow"}"#, "neither epoch seconds"),
+            (
+                r#"{"access_token":"a","expires_at":"tomorrow"}"#,
+                "neither epoch seconds",
+            ),
             (r#"{"access_token":"a"}"#, "no expiry"),
         ];
         for (body, want) in cases {
@@ -234,22 +325,52 @@ mod tests {
 
     #[test]
     fn custom_pointers() {
-        let mapping = ResponseMapping { token: "/response".into(), ..Default::default() };
-        let t = token_from_json(br#"{"response":"tok","message":null}"#, &mapping, Some(Duration::from_secs(9)), now(), URL).unwrap();
+        let mapping = ResponseMapping {
+            token: "/response".into(),
+            ..Default::default()
+        };
+        let t = token_from_json(
+            br#"{"response":"tok","message":null}"#,
+            &mapping,
+            Some(Duration::from_secs(9)),
+            now(),
+            URL,
+        )
+        .unwrap();
         assert_eq!(t.secret(), "tok");
-        assert_eq!(ResponseMapping { token: "response".into(), ..Default::default() }.check().len(), 1);
+        assert_eq!(
+            ResponseMapping {
+                token: "response".into(),
+                ..Default::default()
+            }
+            .check()
+            .len(),
+            1
+        );
     }
 
     #[test]
     fn error_bodies_of_each_vendor() {
         let rfc = br#"{"error":"unauthorized_client","error_description":"Bad credentials"}"#;
-        assert_eq!(describe_error_body(rfc, &[]).unwrap(), "unauthorized_client: Bad credentials");
+        assert_eq!(
+            describe_error_body(rfc, &[]).unwrap(),
+            "unauthorized_client: Bad credentials"
+        );
         let avx = br#"{"response":null,"message":"Client Password is incorrect::[Invalid Client credential]","appStatusCode":"OAUTH_CLNT_015","tags":{},"headers":null}"#;
-        assert_eq!(describe_error_body(avx, &[]).unwrap(), "OAUTH_CLNT_015: Client Password is incorrect::[Invalid Client credential]");
+        assert_eq!(
+            describe_error_body(avx, &[]).unwrap(),
+            "OAUTH_CLNT_015: Client Password is incorrect::[Invalid Client credential]"
+        );
         let mdsp = br#"{"errors":[{"code":"mdsp.core.generic.unauthorized","logref":"x","message":"Not authorized"}]}"#;
-        assert_eq!(describe_error_body(mdsp, &[]).unwrap(), "mdsp.core.generic.unauthorized: Not authorized");
+        assert_eq!(
+            describe_error_body(mdsp, &[]).unwrap(),
+            "mdsp.core.generic.unauthorized: Not authorized"
+        );
         let echo = br#"{"error":"invalid_client","error_description":"secret hunter22 is wrong"}"#;
-        assert_eq!(describe_error_body(echo, &["hunter22"]).unwrap(), "invalid_client: secret <redacted> is wrong");
+        assert_eq!(
+            describe_error_body(echo, &["hunter22"]).unwrap(),
+            "invalid_client: secret <redacted> is wrong"
+        );
         assert_eq!(describe_error_body(b"<html>", &[]), None);
     }
 }

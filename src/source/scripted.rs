@@ -20,7 +20,10 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
-        Scripted { steps: Arc::new(Mutex::new(steps.into_iter().collect())), calls: Arc::default() }
+        Scripted {
+            steps: Arc::new(Mutex::new(steps.into_iter().collect())),
+            calls: Arc::default(),
+        }
     }
 
     pub fn calls(&self) -> Vec<SystemTime> {
@@ -36,9 +39,18 @@ impl Scripted {
         match outcome {
             Ok(lifetime) => {
                 let at = now();
-                Ok(Token::new(format!("token-{n}").into(), "Bearer".into(), at, at + lifetime))
+                Ok(Token::new(
+                    format!("token-{n}").into(),
+                    "Bearer".into(),
+                    at,
+                    at + lifetime,
+                ))
             }
-            Err(detail) => Err(FetchError::Status { url: "scripted".into(), status: 503, remote: Some(detail.into()) }),
+            Err(detail) => Err(FetchError::Status {
+                url: "scripted".into(),
+                status: 503,
+                remote: Some(detail.into()),
+            }),
         }
     }
 }

@@ -33,11 +33,16 @@ impl Recorded {
 
     /// The body parsed as `application/x-www-form-urlencoded`, in order.
     pub fn form(&self) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(&self.body).into_owned().collect()
+        url::form_urlencoded::parse(&self.body)
+            .into_owned()
+            .collect()
     }
 
     pub fn form_value(&self, key: &str) -> Option<String> {
-        self.form().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.form()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -48,7 +53,8 @@ impl Recorded {
     pub fn basic_raw(&self) -> Option<(String, String)> {
         use base64::Engine;
         let b64 = self.header("authorization")?.strip_prefix("Basic ")?;
-        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?;
+        let decoded =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?;
         let (u, p) = decoded.split_once(':')?;
         Some((u.to_owned(), p.to_owned()))
     }
@@ -67,11 +73,23 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, value: serde_json::Value) -> Reply {
-        Reply { status, content_type: "application/json", body: value.to_string().into_bytes(), delay: Duration::ZERO, chunked: false }
+        Reply {
+            status,
+            content_type: "application/json",
+            body: value.to_string().into_bytes(),
+            delay: Duration::ZERO,
+            chunked: false,
+        }
     }
 
     pub fn text(status: u16, body: &str) -> Reply {
-        Reply { status, content_type: "text/plain", body: body.as_bytes().to_vec(), delay: Duration::ZERO, chunked: false }
+        Reply {
+            status,
+            content_type: "text/plain",
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+            chunked: false,
+        }
     }
 
     pub fn after(mut self, delay: Duration) -> Reply {
@@ -98,17 +116,25 @@ impl Mock {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let log = requests.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let handler = handler.clone();
-            let log = log.clone();
-            async move {
-                let rec = Recorded { method, path: uri.path().to_owned(), query: uri.query().map(str::to_owned), headers, body: body.to_vec() };
-                log.lock().unwrap().push(rec.clone());
-                let reply = handler(&rec);
-                tokio::time::sleep(reply.delay).await;
-                respond(reply)
-            }
-        });
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let handler = handler.clone();
+                let log = log.clone();
+                async move {
+                    let rec = Recorded {
+                        method,
+                        path: uri.path().to_owned(),
+                        query: uri.query().map(str::to_owned),
+                        headers,
+                        body: body.to_vec(),
+                    };
+                    log.lock().unwrap().push(rec.clone());
+                    let reply = handler(&rec);
+                    tokio::time::sleep(reply.delay).await;
+                    respond(reply)
+                }
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -129,14 +155,22 @@ fn respond(reply: Reply) -> Response {
         .status(StatusCode::from_u16(reply.status).unwrap())
         .header("content-type", reply.content_type);
     if reply.chunked {
-        let chunks: Vec<Result<Bytes, std::io::Error>> = reply.body.chunks(16 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        builder.body(Body::from_stream(futures_stream(chunks))).unwrap()
+        let chunks: Vec<Result<Bytes, std::io::Error>> = reply
+            .body
+            .chunks(16 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        builder
+            .body(Body::from_stream(futures_stream(chunks)))
+            .unwrap()
     } else {
         builder.body(Body::from(reply.body)).unwrap()
     }
 }
 
-fn futures_stream(items: Vec<Result<Bytes, std::io::Error>>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+fn futures_stream(
+    items: Vec<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::iter(items)
 }
 
@@ -144,11 +178,18 @@ fn futures_stream(items: Vec<Result<Bytes, std::io::Error>>) -> impl futures_uti
 pub fn fake_jwt(claims: serde_json::Value) -> String {
     use base64::Engine;
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!("{}.{}.c2ln", e.encode(r#"{"alg":"HS256","typ":"JWT"}"#), e.encode(claims.to_string()))
+    format!(
+        "{}.{}.c2ln",
+        e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        e.encode(claims.to_string())
+    )
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Parses `yaml` (with `{dir}` replaced by `dir`) and runs `once`.

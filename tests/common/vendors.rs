@@ -3,28 +3,52 @@
 
 use serde_json::json;
 
-use super::{fake_jwt, unix_now, Recorded, Reply};
+use super::{Recorded, Reply, fake_jwt, unix_now};
 
 /// Apinizer management API, `POST /apiops/auth/token` (seed 003).
 /// Credentials are the management user's name and password as client_id/client_secret in a
 /// form body.
-pub fn apinizer(user: &'static str, password: &'static str, with_expires_in: bool) -> impl Fn(&Recorded) -> Reply + Send + Sync {
+pub fn apinizer(
+    user: &'static str,
+    password: &'static str,
+    with_expires_in: bool,
+) -> impl Fn(&Recorded) -> Reply + Send + Sync {
     move |r: &Recorded| {
         if r.method != "POST" || r.path != "/apiops/auth/token" {
-            return Reply::json(404, json!({"error": "not_found", "error_description": "No handler"}));
+            return Reply::json(
+                404,
+                json!({"error": "not_found", "error_description": "No handler"}),
+            );
         }
-        if !r.header("content-type").is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) {
-            return Reply::json(400, json!({"error": "invalid_request", "error_description": "Content-Type must be application/x-www-form-urlencoded"}));
+        if !r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        {
+            return Reply::json(
+                400,
+                json!({"error": "invalid_request", "error_description": "Content-Type must be application/x-www-form-urlencoded"}),
+            );
         }
         if r.form_value("grant_type").as_deref() != Some("client_credentials") {
-            return Reply::json(400, json!({"error": "unsupported_grant_type", "error_description": "GrantType value must be client_credentials!"}));
+            return Reply::json(
+                400,
+                json!({"error": "unsupported_grant_type", "error_description": "GrantType value must be client_credentials!"}),
+            );
         }
-        if r.form_value("client_id").as_deref() != Some(user) || r.form_value("client_secret").as_deref() != Some(password) {
-            return Reply::json(401, json!({"error": "unauthorized_client", "error_description": "Bad credentials"}));
+        if r.form_value("client_id").as_deref() != Some(user)
+            || r.form_value("client_secret").as_deref() != Some(password)
+        {
+            return Reply::json(
+                401,
+                json!({"error": "unauthorized_client", "error_description": "Bad credentials"}),
+            );
         }
         let token = fake_jwt(json!({"sub": user, "iat": unix_now(), "exp": unix_now() + 1800}));
         if with_expires_in {
-            Reply::json(200, json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+            Reply::json(
+                200,
+                json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+            )
         } else {
             Reply::json(200, json!({"access_token": token}))
         }
@@ -33,30 +57,60 @@ pub fn apinizer(user: &'static str, password: &'static str, with_expires_in: boo
 
 /// The error body AppViewX returns (shape per shared/vendor-apis.md).
 fn avx_error(status: u16, code: &str, message: &str) -> Reply {
-    Reply::json(status, json!({"response": null, "message": message, "appStatusCode": code, "tags": {}, "headers": null}))
+    Reply::json(
+        status,
+        json!({"response": null, "message": message, "appStatusCode": code, "tags": {}, "headers": null}),
+    )
 }
 
 /// AppViewX `POST /avxapi/acctmgmt-get-service-token?gwsource=external` (seed 002).
 /// HTTP Basic over the raw `clientId:secret`; the body may be a form
 /// `grant_type=client_credentials`, empty, or JSON `{"payload":{"grant_type":…}}`.
-pub fn appviewx(client_id: &'static str, secret: &'static str) -> impl Fn(&Recorded) -> Reply + Send + Sync {
+pub fn appviewx(
+    client_id: &'static str,
+    secret: &'static str,
+) -> impl Fn(&Recorded) -> Reply + Send + Sync {
     move |r: &Recorded| {
-        if r.method != "POST" || r.path != "/avxapi/acctmgmt-get-service-token" || r.query.as_deref() != Some("gwsource=external") {
+        if r.method != "POST"
+            || r.path != "/avxapi/acctmgmt-get-service-token"
+            || r.query.as_deref() != Some("gwsource=external")
+        {
             return avx_error(404, "avx-common-404", "Resource not found");
         }
         let grant_ok = r.body.is_empty()
-            || r.form_value("grant_type").is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"))
-            || r.json().pointer("/payload/grant_type").and_then(|g| g.as_str()).is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"));
+            || r.form_value("grant_type")
+                .is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"))
+            || r.json()
+                .pointer("/payload/grant_type")
+                .and_then(|g| g.as_str())
+                .is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"));
         if !grant_ok {
             return avx_error(500, "avx-common-011", "Error while processing.");
         }
         match r.basic_raw() {
-            None => avx_error(400, "ACCT_SA_001", "Invalid Request::[Invalid client Id or secret]"),
-            Some((id, _)) if id != client_id => avx_error(400, "ACCT_SA_003", "Service account is invalid/not found::[Service account not found in the database]"),
-            Some((_, s)) if s != secret => avx_error(400, "OAUTH_CLNT_015", "Client Password is incorrect::[Invalid Client credential]"),
+            None => avx_error(
+                400,
+                "ACCT_SA_001",
+                "Invalid Request::[Invalid client Id or secret]",
+            ),
+            Some((id, _)) if id != client_id => avx_error(
+                400,
+                "ACCT_SA_003",
+                "Service account is invalid/not found::[Service account not found in the database]",
+            ),
+            Some((_, s)) if s != secret => avx_error(
+                400,
+                "OAUTH_CLNT_015",
+                "Client Password is incorrect::[Invalid Client credential]",
+            ),
             Some(_) => {
-                let jwt = fake_jwt(json!({"sub": "platform", "aud": "avx", "clientId": client_id, "iss": "avx", "exp": unix_now() + 1200, "grant type": "client_credentials"}));
-                Reply::json(200, json!({"response": jwt, "message": null, "appStatusCode": null, "tags": {}, "headers": null}))
+                let jwt = fake_jwt(
+                    json!({"sub": "platform", "aud": "avx", "clientId": client_id, "iss": "avx", "exp": unix_now() + 1200, "grant type": "client_credentials"}),
+                );
+                Reply::json(
+                    200,
+                    json!({"response": jwt, "message": null, "appStatusCode": null, "tags": {}, "headers": null}),
+                )
             }
         }
     }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of token-agent: formatting, lints, unit, integration, end-to-end
+# (a real oidc-provider from npm), crash-safety and volume tests.
+# This is the README's test command; .ci/run calls it after installing what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  echo "== installing the oidc-provider test server (tests/oidc)"
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
