@@ -648,6 +648,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn max_concurrent_fetches_caps_fetches_across_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = || Scripted::new([(10 * SEC, Ok(1000 * SEC))]);
+        let scripts = [slow(), slow(), slow()];
+        let names = ["s0", "s1", "s2"];
+        let mut one_at_a_time = config(dir.path(), &names);
+        one_at_a_time.max_concurrent_fetches = 1;
+        let mut agent = Agent::build(&one_at_a_time, Clock::manual(SystemTime::now())).unwrap();
+        for (runner, script) in agent.runners.iter_mut().zip(&scripts) {
+            runner.source = Source::Scripted(script.clone());
+        }
+        let (stop, task) = start(agent);
+        tokio::time::sleep(31 * SEC).await;
+        let mut starts: Vec<SystemTime> = scripts.iter().flat_map(|s| s.calls()).collect();
+        starts.sort();
+        let at = offsets(&starts);
+        assert_eq!(at.len(), 3);
+        assert!(
+            (at[1] - 10.0).abs() < 0.01 && (at[2] - 20.0).abs() < 0.01,
+            "one fetch at a time: {at:?}"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn once_reports_each_source() {
         let dir = tempfile::tempdir().unwrap();
         let ok = Scripted::new([(Duration::ZERO, Ok(100 * SEC))]);

@@ -296,6 +296,35 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_group_are_applied_on_every_write() {
+        if fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+            assert!(
+                std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(),
+                "CI runs as root"
+            );
+            return; // chown needs root (or CAP_CHOWN)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let owner = Ownership {
+            mode: 0o440,
+            uid: Some(1234),
+            gid: Some(5678),
+        };
+        write(&path, b"one", owner).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        assert_eq!(write(&path, b"one", owner).unwrap(), Written::Unchanged);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (1234, 5678),
+            "a drifted owner is repaired"
+        );
+    }
+
+    #[test]
     fn planted_symlink_directory_is_refused() {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
