@@ -21,6 +21,17 @@ fn source(url: &str, extra: &str) -> String {
     )
 }
 
+/// Seconds from now until the `expires_at` written in `s.json`.
+fn seconds_left(dir: &tempfile::TempDir) -> u64 {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+    let expires = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap();
+    expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs()
+}
+
 async fn run(yaml: &str) -> (Result<(), String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut out = once(yaml, dir.path()).await;
@@ -110,11 +121,7 @@ async fn json_body_and_custom_response_pointers() {
         serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
     assert_eq!(doc["token"], "tok-json");
     assert_eq!(doc["token_type"], "MAC");
-    let expires = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap();
-    let left = expires
-        .duration_since(std::time::SystemTime::now())
-        .unwrap()
-        .as_secs();
+    let left = seconds_left(&dir);
     assert!((590..=600).contains(&left), "{left}");
 }
 
@@ -126,13 +133,7 @@ async fn apinizer_variant_and_its_documented_errors() {
         unsafe { std::env::set_var("TA_TEST_APINIZER_PW", "pa55") };
         let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
         result.unwrap();
-        let doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-        let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
-            .unwrap()
-            .duration_since(std::time::SystemTime::now())
-            .unwrap()
-            .as_secs();
+        let left = seconds_left(&dir);
         // expires_in (3600) when present, else the JWT exp (1800).
         let want = if with_expires_in {
             3590..=3600
@@ -205,14 +206,7 @@ async fn appviewx_variant_and_its_documented_errors() {
         match want_error {
             None => {
                 result.unwrap();
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap())
-                        .unwrap();
-                let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
-                    .unwrap()
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap()
-                    .as_secs();
+                let left = seconds_left(&dir);
                 assert!(
                     (1190..=1200).contains(&left),
                     "expiry from the JWT exp claim: {left}"
@@ -250,13 +244,7 @@ async fn expiry_falls_back_from_jwt_to_ttl_and_fails_without_either() {
     let with_jwt = Mock::start(move |_| Reply::json(200, json!({"access_token": jwt}))).await;
     let (r, dir) = run(&source(&with_jwt.url("/t"), "    auth: none\n")).await;
     r.unwrap();
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-    let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
-        .unwrap()
-        .duration_since(std::time::SystemTime::now())
-        .unwrap()
-        .as_secs();
+    let left = seconds_left(&dir);
     assert!((110..=120).contains(&left));
 
     let opaque = Mock::start(|_| Reply::json(200, json!({"access_token": "opaque"}))).await;

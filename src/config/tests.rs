@@ -306,6 +306,19 @@ fn error_table() {
 }
 
 #[test]
+fn a_problem_in_defaults_is_reported_once_not_per_source() {
+    let two = format!(
+        "defaults:\n  refresh: {{ min_interval: 2h, max_interval: 1h }}\nsources:\n{GOOD_SOURCE}{}",
+        GOOD_SOURCE
+            .replace("name: a", "name: b")
+            .replace("a.token", "b.token")
+    );
+    let all = errors(&two);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "defaults.refresh.min_interval");
+}
+
+#[test]
 fn yaml_1_2_scalars_stay_strings() {
     let yaml = format!(
         "defaults:\n  file: {{ mode: 0440 }}\nsources:\n{}",

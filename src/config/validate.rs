@@ -41,24 +41,36 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
         check_refresh(&source.refresh, &format!("{at}.refresh"), &mut push);
         check_retry(&source.retry, &format!("{at}.retry"), &mut push);
         check_http(&source.http, &format!("{at}.http"), &mut push);
-        let resolved = source.refresh.resolve(&config.defaults.refresh);
-        if resolved.min_interval > resolved.max_interval {
+        // Order across the merged policy, reported where the values were written (the
+        // source, or `defaults` for every source that inherits them: deduplicated below).
+        let refresh = source.refresh.resolve(&config.defaults.refresh);
+        if refresh.min_interval > refresh.max_interval {
+            let overridden =
+                source.refresh.min_interval.is_some() || source.refresh.max_interval.is_some();
+            let path = if overridden {
+                format!("{at}.refresh.min_interval")
+            } else {
+                "defaults.refresh.min_interval".into()
+            };
             push(
-                format!("{at}.refresh"),
+                path,
                 format!(
-                    "min_interval ({:?}) is larger than max_interval ({:?})",
-                    resolved.min_interval, resolved.max_interval
+                    "{:?} is larger than max_interval ({:?})",
+                    refresh.min_interval, refresh.max_interval
                 ),
             );
         }
         let retry = source.retry.resolve(&config.defaults.retry);
         if retry.initial > retry.max {
+            let overridden = source.retry.initial.is_some() || source.retry.max.is_some();
+            let path = if overridden {
+                format!("{at}.retry.initial")
+            } else {
+                "defaults.retry.initial".into()
+            };
             push(
-                format!("{at}.retry"),
-                format!(
-                    "initial ({:?}) is larger than max ({:?})",
-                    retry.initial, retry.max
-                ),
+                path,
+                format!("{:?} is larger than max ({:?})", retry.initial, retry.max),
             );
         }
         for (field, message) in source.spec.check() {
@@ -93,6 +105,8 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     problems
 }
 
@@ -140,14 +154,6 @@ fn check_refresh(r: &RefreshConfig, at: &str, push: &mut impl FnMut(String, Stri
         push(
             format!("{at}.min_interval"),
             "must be greater than zero".into(),
-        );
-    }
-    if let (Some(min), Some(max)) = (r.min_interval, r.max_interval)
-        && min > max
-    {
-        push(
-            format!("{at}.min_interval"),
-            format!("{min:?} is larger than max_interval ({max:?})"),
         );
     }
 }
