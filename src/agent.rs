@@ -44,6 +44,7 @@ pub struct AgentBuildError {
 
 struct SourceRunner {
     name: String,
+    required: bool,
     kind: &'static str,
     source: Source,
     sinks: Vec<(Sink, String)>,
@@ -95,6 +96,7 @@ impl Agent {
             shared.status.register(&s.name, s.required);
             runners.push(SourceRunner {
                 name: s.name.clone(),
+                required: s.required,
                 kind: s.spec.kind(),
                 source,
                 sinks,
@@ -143,14 +145,9 @@ impl Agent {
             let shared = self.shared.clone();
             tasks.spawn(async move {
                 let result = runner.once(&shared).await;
-                let required = shared
-                    .status
-                    .snapshot(shared.clock.now())
-                    .iter()
-                    .any(|s| s.name == runner.name && s.required);
                 OnceOutcome {
                     source: runner.name,
-                    required,
+                    required: runner.required,
                     result,
                 }
             });
@@ -178,6 +175,24 @@ struct Progress {
     sink_backoff: Backoff,
 }
 
+impl Progress {
+    fn new(
+        runner: &SourceRunner,
+        current: Option<Token>,
+        next_fetch: SystemTime,
+        now: SystemTime,
+    ) -> Self {
+        Progress {
+            current,
+            delivered: vec![None; runner.sinks.len()],
+            next_fetch,
+            next_sink_retry: now,
+            fetch_backoff: Backoff::new(runner.retry),
+            sink_backoff: Backoff::new(runner.retry),
+        }
+    }
+}
+
 impl SourceRunner {
     async fn run(&self, shared: &Shared, mut shutdown: watch::Receiver<bool>) {
         let clock = &shared.clock;
@@ -187,14 +202,7 @@ impl SourceRunner {
             Some(t) => now + refresh_delay(&self.refresh, t, now, fastrand::f64()),
             None => now,
         };
-        let mut p = Progress {
-            current,
-            delivered: vec![None; self.sinks.len()],
-            next_fetch,
-            next_sink_retry: now,
-            fetch_backoff: Backoff::new(self.retry),
-            sink_backoff: Backoff::new(self.retry),
-        };
+        let mut p = Progress::new(self, current, next_fetch, now);
         loop {
             let now = clock.now();
             if p.current.as_ref().is_some_and(|t| now < t.issued_at) {
@@ -385,14 +393,7 @@ impl SourceRunner {
                 t
             }
         };
-        let mut p = Progress {
-            current: Some(token),
-            delivered: vec![None; self.sinks.len()],
-            next_fetch: now,
-            next_sink_retry: now,
-            fetch_backoff: Backoff::new(self.retry),
-            sink_backoff: Backoff::new(self.retry),
-        };
+        let mut p = Progress::new(self, Some(token), now, now);
         self.deliver(shared, &mut p, shared.clock.now()).await;
         self.publish(shared, &p, shared.clock.now());
         if self.pending_sinks(&p) {

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate { config } => Ok(validate(&config)),
             Command::Run { config } => match load(&config) {
-                Ok(c) => run(c).await,
+                Ok(c) => run_until_signal(c, false).await,
                 Err(code) => Ok(code),
             },
             Command::Once { config } => match load(&config) {
@@ -202,10 +202,6 @@ async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result
     }
     info!("token-agent stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    run_until_signal(config, false).await
 }
 
 async fn once(config: Config) -> anyhow::Result<ExitCode> {
