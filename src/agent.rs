@@ -18,9 +18,19 @@ use crate::source::{BuildError, FetchError, Source};
 use crate::status::Status;
 use crate::token::Token;
 
+fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(t)
+}
+
 /// Longest sleep between two looks at the wall clock, so a clock that jumps (backwards, or
 /// forwards after a suspend) is noticed within this time.
 const CLOCK_CHECK_PERIOD: Duration = Duration::from_secs(30);
+
+/// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
+const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Grace beyond the HTTP timeout before a fetch counts as stuck.
+const FETCH_GRACE: Duration = Duration::from_secs(30);
 
 /// How often the liveness heartbeat ticks.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
@@ -50,6 +60,8 @@ struct SourceRunner {
     sinks: Vec<(Sink, String)>,
     refresh: RefreshPolicy,
     retry: RetryPolicy,
+    /// A fetch running longer than this is stuck (HTTP timeout + grace).
+    fetch_limit: Duration,
 }
 
 pub struct Agent {
@@ -84,7 +96,7 @@ impl Agent {
                     source_name: s.name.clone(),
                     error,
                 })?;
-            let sinks = s
+            let sinks: Vec<(Sink, String)> = s
                 .sinks
                 .iter()
                 .map(|c| {
@@ -94,6 +106,10 @@ impl Agent {
                 })
                 .collect();
             shared.status.register(&s.name, s.required);
+            let labels: Vec<String> = sinks.iter().map(|(_, label)| label.clone()).collect();
+            shared
+                .metrics
+                .register_source(&s.name, s.spec.kind(), &labels);
             runners.push(SourceRunner {
                 name: s.name.clone(),
                 required: s.required,
@@ -102,6 +118,7 @@ impl Agent {
                 sinks,
                 refresh: s.refresh.resolve(&config.defaults.refresh),
                 retry: s.retry.resolve(&config.defaults.retry),
+                fetch_limit: http.timeout + FETCH_GRACE,
             });
         }
         shared.metrics.set_sources(runners.len());
@@ -210,11 +227,11 @@ impl SourceRunner {
                 p.next_fetch = now;
             }
             if now >= p.next_fetch {
-                let outcome = tokio::select! {
+                let (outcome, took) = tokio::select! {
                     r = self.fetch(shared) => r,
                     _ = shutdown.wait_for(|stop| *stop) => break,
                 };
-                self.after_fetch(shared, &mut p, outcome);
+                self.after_fetch(shared, &mut p, outcome, took);
             }
             let now = clock.now();
             if now >= p.next_sink_retry {
@@ -256,9 +273,13 @@ impl SourceRunner {
         best
     }
 
-    /// One fetch attempt, bounded by the global concurrency cap, timed into the metrics.
-    async fn fetch(&self, shared: &Shared) -> Result<Token, FetchError> {
+    /// One fetch attempt, bounded by the global concurrency cap, timed into the metrics and
+    /// marked busy for `/healthz`. Returns how long the fetch itself took.
+    async fn fetch(&self, shared: &Shared) -> (Result<Token, FetchError>, Duration) {
         let _permit = shared.fetch_permits.acquire().await;
+        let _busy = shared
+            .status
+            .busy(&self.name, "fetch", shared.clock.now(), self.fetch_limit);
         let started = tokio::time::Instant::now();
         let result = self.source.fetch(|| shared.clock.now()).await;
         let took = started.elapsed();
@@ -274,11 +295,20 @@ impl SourceRunner {
                 .metrics
                 .fetch_failed(&self.name, self.kind, took, e.reason()),
         }
-        result
+        (result, took)
     }
 
-    fn after_fetch(&self, shared: &Shared, p: &mut Progress, outcome: Result<Token, FetchError>) {
+    /// Applies a fetch outcome and logs it: one event per attempt with source, duration,
+    /// outcome, expiry and the next planned attempt.
+    fn after_fetch(
+        &self,
+        shared: &Shared,
+        p: &mut Progress,
+        outcome: Result<Token, FetchError>,
+        took: Duration,
+    ) {
         let now = shared.clock.now();
+        let duration_ms = took.as_millis() as u64;
         match outcome {
             Ok(token) => {
                 p.fetch_backoff.reset();
@@ -287,8 +317,9 @@ impl SourceRunner {
                 info!(
                     source = %self.name,
                     outcome = "success",
-                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
-                    next_refresh = %humantime::format_rfc3339_seconds(p.next_fetch),
+                    duration_ms,
+                    expires_at = %rfc3339(token.expires_at),
+                    next_refresh = %rfc3339(p.next_fetch),
                     "token refreshed"
                 );
                 p.current = Some(token);
@@ -297,25 +328,29 @@ impl SourceRunner {
                     .update(&self.name, |s| s.last_error_reason = None);
             }
             Err(e) => {
-                let delay = p.fetch_backoff.next_delay(fastrand::f64());
-                p.next_fetch = now + delay;
+                p.next_fetch = now + p.fetch_backoff.next_delay(fastrand::f64());
                 let reason = e.reason();
                 shared
                     .status
                     .update(&self.name, |s| s.last_error_reason = Some(reason));
                 let error = cause_chain(&e);
-                let retry_in =
-                    humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)))
-                        .to_string();
+                let next_attempt = rfc3339(p.next_fetch);
                 match p.current.as_ref().filter(|t| !t.is_expired(now)) {
+                    // Less than a quarter of its life left and still failing: say so loudly.
+                    Some(t) if t.remaining(now) < t.lifetime() / 4 => warn!(
+                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                        expires_at = %rfc3339(t.expires_at),
+                        "refresh keeps failing and the token in place expires soon"
+                    ),
                     Some(t) => warn!(
-                        source = %self.name, outcome = "failure", reason, %error, retry_in,
-                        token_expires_in = %humantime::format_duration(Duration::from_secs(t.remaining(now).as_secs())),
+                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                        expires_at = %rfc3339(t.expires_at),
                         "refresh failed; the current token stays in place"
                     ),
-                    None => {
-                        error!(source = %self.name, outcome = "failure", reason, %error, retry_in, "refresh failed and no valid token is available")
-                    }
+                    None => error!(
+                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                        "refresh failed and no valid token is available"
+                    ),
                 }
             }
         }
@@ -341,7 +376,16 @@ impl SourceRunner {
                 continue;
             }
             let started = tokio::time::Instant::now();
-            match sink.write(token).await {
+            let written = {
+                let _busy = shared.status.busy(
+                    &self.name,
+                    "sink write",
+                    shared.clock.now(),
+                    SINK_WRITE_LIMIT,
+                );
+                sink.write(token).await
+            };
+            match written {
                 Ok(written) => {
                     shared
                         .metrics
@@ -388,6 +432,7 @@ impl SourceRunner {
                 let t = self
                     .fetch(shared)
                     .await
+                    .0
                     .map_err(|e| format!("fetch failed: {}", cause_chain(&e)))?;
                 info!(source = %self.name, outcome = "success", expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "token fetched");
                 t
@@ -672,6 +717,38 @@ mod tests {
         );
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_stuck_past_its_bound_fails_liveness() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Scripted::new([(1000 * SEC, Ok(100 * SEC))]);
+        let (agent, _) = agent(dir.path(), std::slice::from_ref(&script));
+        let shared = agent.shared();
+        let (stop, task) = start(agent);
+        let max_age = HEARTBEAT_PERIOD * 6;
+        tokio::time::sleep(39 * SEC).await;
+        assert_eq!(
+            shared.status.liveness(shared.clock.now(), max_age),
+            Ok(()),
+            "a slow fetch within its bound is fine"
+        );
+        tokio::time::sleep(2 * SEC).await;
+        let why = shared
+            .status
+            .liveness(shared.clock.now(), max_age)
+            .unwrap_err();
+        assert_eq!(
+            why,
+            "source `s0`: fetch has been running for 41s (limit 40s)"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(
+            shared.status.liveness(shared.clock.now(), Duration::MAX),
+            Ok(()),
+            "the mark goes with the cancelled fetch"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -181,6 +181,18 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// Creates a source's series at zero, so `rate()` and absence alerts work from the start.
+    pub fn register_source(&self, source: &str, kind: &str, sinks: &[String]) {
+        for result in ["success", "failure"] {
+            self.refresh_total.with_label_values(&[source, result]);
+        }
+        self.refresh_duration.with_label_values(&[source, kind]);
+        self.token_valid.with_label_values(&[source]).set(0);
+        for sink in sinks {
+            self.sink_write_duration.with_label_values(&[source, sink]);
+        }
+    }
+
     pub fn set_sources(&self, n: usize) {
         self.sources.set(n as i64);
     }

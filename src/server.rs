@@ -38,16 +38,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared
-        .status
-        .alive(shared.clock.now(), HEARTBEAT_PERIOD * MISSED_BEATS)
-    {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "scheduler loop is not running\n",
-        )
+    let max_age = HEARTBEAT_PERIOD * MISSED_BEATS;
+    match shared.status.liveness(shared.clock.now(), max_age) {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

@@ -18,6 +18,19 @@ pub struct SourceStatus {
     #[serde(serialize_with = "rfc3339_opt")]
     pub expires_at: Option<SystemTime>,
     pub last_error_reason: Option<&'static str>,
+    /// A bounded operation in progress: what, since when, and how long it may take.
+    #[serde(skip)]
+    pub busy: Option<Busy>,
+}
+
+/// A fetch or a sink write under way. Each has a bound (a fetch its HTTP timeout, a write a
+/// fixed limit); one that outlives its bound means the loop is stuck (a hung volume, say), and
+/// `/healthz` turns 503 so the kubelet restarts the agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Busy {
+    pub what: &'static str,
+    pub since: SystemTime,
+    pub limit: Duration,
 }
 
 fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -28,6 +41,18 @@ fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::
 }
 
 /// Shared state of every source plus the liveness heartbeat.
+/// Clears a source's [`Busy`] mark when dropped (also when the operation is cancelled).
+pub struct BusyGuard<'a> {
+    status: &'a Status,
+    source: &'a str,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.status.update(self.source, |s| s.busy = None);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Status {
     sources: RwLock<BTreeMap<String, SourceStatus>>,
@@ -82,12 +107,86 @@ impl Status {
         self.heartbeat_unix_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Whether the scheduler's heartbeat is more recent than `max_age`.
-    pub fn alive(&self, now: SystemTime, max_age: Duration) -> bool {
+    /// Marks `source` busy with `what` until the returned guard is dropped.
+    pub fn busy<'a>(
+        &'a self,
+        source: &'a str,
+        what: &'static str,
+        since: SystemTime,
+        limit: Duration,
+    ) -> BusyGuard<'a> {
+        self.update(source, |s| s.busy = Some(Busy { what, since, limit }));
+        BusyGuard {
+            status: self,
+            source,
+        }
+    }
+
+    /// `Ok` while the heartbeat is more recent than `max_age` and no operation has outlived its
+    /// bound; otherwise why not (names a source and an operation, never a secret).
+    pub fn liveness(&self, now: SystemTime, max_age: Duration) -> Result<(), String> {
         let last =
             UNIX_EPOCH + Duration::from_millis(self.heartbeat_unix_ms.load(Ordering::Relaxed));
-        now.duration_since(last)
-            .map(|age| age <= max_age)
-            .unwrap_or(true)
+        if now.duration_since(last).is_ok_and(|age| age > max_age) {
+            return Err("the scheduler heartbeat stopped".into());
+        }
+        let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
+        for s in map.values() {
+            if let Some(b) = s.busy {
+                let took = now.duration_since(b.since).unwrap_or_default();
+                if took > b.limit {
+                    return Err(format!(
+                        "source `{}`: {} has been running for {}s (limit {}s)",
+                        s.name,
+                        b.what,
+                        took.as_secs(),
+                        b.limit.as_secs()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_needs_a_recent_heartbeat() {
+        let status = Status::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        status.beat(t0);
+        let max_age = Duration::from_secs(30);
+        assert_eq!(
+            status.liveness(t0 + Duration::from_secs(30), max_age),
+            Ok(())
+        );
+        assert_eq!(
+            status.liveness(t0 + Duration::from_secs(31), max_age),
+            Err("the scheduler heartbeat stopped".into())
+        );
+    }
+
+    #[test]
+    fn readiness_is_re_evaluated_against_expiry() {
+        let status = Status::default();
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        status.register("a", true);
+        status.register("b", false);
+        assert!(!status.all_required_ready(now));
+        status.update("a", |s| {
+            s.ready = true;
+            s.expires_at = Some(now + Duration::from_secs(10));
+        });
+        assert!(
+            status.all_required_ready(now),
+            "an optional source does not hold readiness back"
+        );
+        assert!(
+            !status.all_required_ready(now + Duration::from_secs(10)),
+            "not ready once expired"
+        );
     }
 }

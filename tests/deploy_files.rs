@@ -1,0 +1,105 @@
+//! The shipped Grafana dashboard and alert rules may only query metrics the agent exports.
+
+use std::collections::BTreeSet;
+
+use token_agent::metrics::Metrics;
+
+/// Metric names the agent exports (histograms with their `_bucket`, `_sum`, `_count`).
+fn exported() -> BTreeSet<String> {
+    let m = Metrics::new();
+    m.register_source("s", "oauth2", &["file:/x".into()]);
+    m.fetch_failed(
+        "s",
+        "oauth2",
+        std::time::Duration::from_millis(1),
+        "timeout",
+    );
+    m.sink_failed("s", "file:/x", std::time::Duration::from_millis(1), "io");
+    m.fetch_succeeded(
+        "s",
+        "oauth2",
+        std::time::Duration::from_millis(1),
+        std::time::SystemTime::now(),
+        std::time::SystemTime::now(),
+    );
+    m.set_next_refresh("s", std::time::SystemTime::now());
+    m.encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Every `token_agent_*` / `process_*` identifier in `text`.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for prefix in ["token_agent_", "process_"] {
+        let mut rest = text;
+        while let Some(i) = rest.find(prefix) {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+fn check(file: &str, exprs: &str) {
+    let exported = exported();
+    let used = referenced(exprs);
+    assert!(!used.is_empty(), "{file} queries nothing");
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "{file} uses metrics the agent does not export: {unknown:?}\nexported: {exported:?}"
+    );
+}
+
+#[test]
+fn grafana_dashboard_uses_only_exported_metrics() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(exprs.len() >= 10);
+    check("grafana-dashboard.json", &exprs.join("\n"));
+}
+
+#[test]
+fn alert_rules_use_only_exported_metrics() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alerts.yaml"))
+        .unwrap();
+    let exprs: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.contains("summary:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    check("alerts.yaml", &exprs);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let monitoring = readme
+        .split("## Monitoring")
+        .nth(1)
+        .expect("README has a Monitoring section");
+    check(
+        "README.md (Monitoring)",
+        monitoring.split("\n## ").next().unwrap(),
+    );
+}

@@ -1,0 +1,313 @@
+//! What operators see: the exact Prometheus series after success, failure and expiry (parsed
+//! with a real exposition parser), `/readyz` going 503 → 200 → 503, `/healthz`, malformed
+//! requests, and structured JSON logs with one event per refresh attempt.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Mock, Reply};
+use prometheus_parse::{Scrape, Value};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
+
+struct Agent {
+    child: Child,
+    base: String,
+    logs: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path, token_url: &str) -> Agent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ at: 50%, min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{token_url}'\n    auth: none\n    sinks:\n      - file: {{ path: orders.token }}\n      - file: {{ path: orders.json, format: json }}\n",
+                dir.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect()
+        });
+        Agent {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            logs,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        token_agent::install_crypto_provider();
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::get(format!("{}{path}", self.base)).await {
+                return (r.status().as_u16(), r.text().await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server never answered {path}");
+    }
+
+    async fn scrape(&self) -> Scrape {
+        let (code, body) = self.get("/metrics").await;
+        assert_eq!(code, 200);
+        Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    }
+
+    async fn readyz(&self) -> (u16, serde_json::Value) {
+        let (code, body) = self.get("/readyz").await;
+        (code, serde_json::from_str(&body).unwrap())
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        self.logs.join().unwrap()
+    }
+}
+
+/// Every sample as `name{label="value",…}` → value (histograms: their count).
+fn series(scrape: &Scrape) -> BTreeMap<String, f64> {
+    scrape
+        .samples
+        .iter()
+        .map(|s| {
+            let mut labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            labels.sort();
+            let value = match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+                Value::Histogram(buckets) => buckets.last().map(|b| b.count).unwrap_or(0.0),
+                Value::Summary(_) => f64::NAN,
+            };
+            (format!("{}{{{}}}", s.metric, labels.join(",")), value)
+        })
+        .collect()
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn metrics_and_readiness_through_failure_success_and_expiry() {
+    let up = Arc::new(AtomicBool::new(false));
+    let idp_up = up.clone();
+    let mock = Mock::start(move |_| {
+        if idp_up.load(Ordering::SeqCst) {
+            Reply::json(
+                200,
+                json!({"access_token": format!("tok-{}", fastrand::u32(..)), "expires_in": 3}),
+            )
+        } else {
+            Reply::json(503, json!({"error": "temporarily_unavailable"}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &mock.url("/token?secret-query=x"));
+
+    // 1. The IdP is down: not ready, failures counted by reason.
+    until("a failure", || async {
+        series(&agent.scrape().await)
+            .get("token_agent_refresh_failures_total{reason=\"http_5xx\",source=\"orders\"}")
+            .is_some_and(|v| *v >= 1.0)
+    })
+    .await;
+    let (code, ready) = agent.readyz().await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        ready,
+        json!({"ready": false, "sources": [{"name": "orders", "ready": false, "expires_at": null, "last_error_reason": "http_5xx"}]})
+    );
+    let m = series(&agent.scrape().await);
+    assert_eq!(m["token_agent_token_valid{source=\"orders\"}"], 0.0);
+    assert_eq!(
+        m["token_agent_refresh_total{result=\"success\",source=\"orders\"}"], 0.0,
+        "{m:#?}"
+    );
+    assert!(m["token_agent_refresh_total{result=\"failure\",source=\"orders\"}"] >= 1.0);
+
+    // 2. The IdP is back: ready, with every series an operator expects.
+    up.store(true, Ordering::SeqCst);
+    until("readiness", || async { agent.readyz().await.0 == 200 }).await;
+    let (_, ready) = agent.readyz().await;
+    assert_eq!(ready["sources"][0]["ready"], true);
+    assert!(ready["sources"][0]["last_error_reason"].is_null());
+    let m = series(&agent.scrape().await);
+    let now = unix_now();
+    assert!(m["token_agent_refresh_total{result=\"success\",source=\"orders\"}"] >= 1.0);
+    assert_eq!(m["token_agent_token_valid{source=\"orders\"}"], 1.0);
+    let expiry = m["token_agent_token_expiry_timestamp_seconds{source=\"orders\"}"];
+    assert!(
+        expiry > now && expiry <= now + 3.5,
+        "expiry {expiry} vs now {now}"
+    );
+    let last = m["token_agent_token_last_success_timestamp_seconds{source=\"orders\"}"];
+    assert!(last <= now && last > now - 5.0);
+    assert!(m["token_agent_next_refresh_timestamp_seconds{source=\"orders\"}"] > now - 5.0);
+    assert!(m["token_agent_refresh_duration_seconds{kind=\"oauth2\",source=\"orders\"}"] >= 2.0);
+    let tokens = dir.path().join("tokens");
+    for file in ["orders.token", "orders.json"] {
+        let key = format!(
+            "token_agent_sink_write_duration_seconds{{sink=\"file:{}\",source=\"orders\"}}",
+            tokens.join(file).display()
+        );
+        assert!(m.get(&key).is_some_and(|v| *v >= 1.0), "{key} in {m:#?}");
+    }
+    assert_eq!(m["token_agent_sources{}"], 1.0);
+    assert_eq!(
+        m[&format!(
+            "token_agent_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
+    assert!(m["process_resident_memory_bytes{}"] > 1e6);
+    assert!(m.contains_key("process_open_fds{}"));
+    assert!(m.contains_key("process_cpu_seconds_total{}"));
+    // Bounded label values only: no query string, no token.
+    for key in m.keys() {
+        assert!(
+            !key.contains("secret-query") && !key.contains("tok-"),
+            "{key}"
+        );
+    }
+    let (code, health) = agent.get("/healthz").await;
+    assert_eq!((code, health.as_str()), (200, "ok\n"));
+
+    // 3. Down again: the token in place expires and readiness drops.
+    up.store(false, Ordering::SeqCst);
+    until("expiry", || async { agent.readyz().await.0 == 503 }).await;
+    let (_, ready) = agent.readyz().await;
+    assert_eq!(ready["sources"][0]["ready"], false);
+    assert_eq!(ready["sources"][0]["last_error_reason"], "http_5xx");
+    assert!(
+        ready["sources"][0]["expires_at"]
+            .as_str()
+            .is_some_and(|t| humantime::parse_rfc3339(t).is_ok())
+    );
+    let m = series(&agent.scrape().await);
+    assert_eq!(m["token_agent_token_valid{source=\"orders\"}"], 0.0);
+
+    // Logs: JSON, one event per attempt with source, outcome, duration and times.
+    let logs = agent.stop();
+    let events: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let success = events
+        .iter()
+        .find(|e| e["outcome"] == "success")
+        .expect("a success event");
+    for field in [
+        "source",
+        "duration_ms",
+        "expires_at",
+        "next_refresh",
+        "timestamp",
+        "level",
+    ] {
+        assert!(!success[field].is_null(), "{field} missing in {success}");
+    }
+    let failure = events
+        .iter()
+        .find(|e| e["outcome"] == "failure")
+        .expect("a failure event");
+    for field in ["source", "duration_ms", "reason", "error", "next_attempt"] {
+        assert!(!failure[field].is_null(), "{field} missing in {failure}");
+    }
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("answered HTTP 503: temporarily_unavailable")
+    );
+    assert!(events.iter().any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expires soon") || m.contains("no valid token"))
+    }));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_plain_errors() {
+    let mock =
+        Mock::start(|_| Reply::json(200, json!({"access_token": "t", "expires_in": 300}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &mock.url("/t"));
+    assert_eq!(agent.get("/nope").await.0, 404);
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .delete(format!("{}/readyz", agent.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        405
+    );
+    let huge = "x".repeat(1024 * 1024);
+    let r = client
+        .get(format!("{}/metrics", agent.base))
+        .header("x-huge", huge)
+        .send()
+        .await;
+    let status = r.as_ref().map(|r| r.status().as_u16());
+    assert!(
+        matches!(status, Ok(431) | Err(_)),
+        "huge headers are refused: {status:?}"
+    );
+    assert_eq!(
+        agent.get("/healthz").await.0,
+        200,
+        "still serving afterwards"
+    );
+    agent.stop();
+}
