@@ -1,6 +1,7 @@
 //! The agent: one independent loop per source that owns all timing — when to fetch, how long
 //! to back off, when to retry a sink — and records what happened in metrics, logs and status.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::schedule::{Backoff, refresh_delay};
 use crate::sink::{Sink, Written};
 use crate::source::http::{HttpClients, cause_chain};
-use crate::source::{BuildError, FetchError, Source};
+use crate::source::{BuildError, Fetch, FetchContext, FetchError, InstanceOutcome, SINGLE, Source};
 use crate::status::Status;
 use crate::token::Token;
 
@@ -31,6 +32,9 @@ const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Grace beyond the HTTP timeout before a fetch counts as stuck.
 const FETCH_GRACE: Duration = Duration::from_secs(30);
+
+/// With no instance to hold (a tenant list that came back empty), look again this often.
+const EMPTY_RELIST: Duration = Duration::from_secs(300);
 
 /// How often the liveness heartbeat ticks.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
@@ -62,6 +66,8 @@ struct SourceRunner {
     retry: RetryPolicy,
     /// A fetch running longer than this is stuck (HTTP timeout + grace).
     fetch_limit: Duration,
+    /// Delete the files of instances that go away upstream.
+    remove_gone: bool,
 }
 
 pub struct Agent {
@@ -119,6 +125,7 @@ impl Agent {
                 refresh: s.refresh.resolve(&config.defaults.refresh),
                 retry: s.retry.resolve(&config.defaults.retry),
                 fetch_limit: http.timeout + FETCH_GRACE,
+                remove_gone: s.spec.removes_gone_instances(),
             });
         }
         shared.metrics.set_sources(runners.len());
@@ -181,11 +188,21 @@ impl Agent {
     }
 }
 
+/// One token of a source (the only one, or a tenant's) and where it has been delivered.
+struct Instance {
+    token: Token,
+    /// `delivered[i]`: sink `i` holds this token.
+    delivered: Vec<bool>,
+    refresh_at: SystemTime,
+}
+
 /// Per-source loop state.
 struct Progress {
-    current: Option<Token>,
-    /// Fingerprint of the token each sink holds, if known.
-    delivered: Vec<Option<String>>,
+    instances: BTreeMap<String, Instance>,
+    /// A fetch has listed the instances (until then an empty set means "unknown").
+    listed: bool,
+    /// Files of instances that went away, still to be removed: (instance, sink index).
+    removals: Vec<(String, usize)>,
     next_fetch: SystemTime,
     next_sink_retry: SystemTime,
     fetch_backoff: Backoff,
@@ -193,20 +210,66 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(
-        runner: &SourceRunner,
-        current: Option<Token>,
-        next_fetch: SystemTime,
-        now: SystemTime,
-    ) -> Self {
-        Progress {
-            current,
-            delivered: vec![None; runner.sinks.len()],
-            next_fetch,
+    fn new(runner: &SourceRunner, adopted: Option<Token>, now: SystemTime) -> Self {
+        let mut p = Progress {
+            instances: BTreeMap::new(),
+            listed: false,
+            removals: Vec::new(),
+            next_fetch: now,
             next_sink_retry: now,
             fetch_backoff: Backoff::new(runner.retry),
             sink_backoff: Backoff::new(runner.retry),
+        };
+        if let Some(token) = adopted {
+            p.next_fetch = now + refresh_delay(&runner.refresh, &token, now, fastrand::f64());
+            p.insert(runner, SINGLE, token, p.next_fetch);
+            p.listed = true;
         }
+        p
+    }
+
+    fn insert(&mut self, runner: &SourceRunner, key: &str, token: Token, refresh_at: SystemTime) {
+        let delivered = vec![false; runner.sinks.len()];
+        self.instances.insert(
+            key.to_owned(),
+            Instance {
+                token,
+                delivered,
+                refresh_at,
+            },
+        );
+    }
+
+    /// Instances whose token is not due before the next `min_interval`.
+    fn fresh(&self, now: SystemTime, policy: &RefreshPolicy) -> BTreeSet<String> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.refresh_at > now + policy.min_interval)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn earliest_expiry(&self) -> Option<SystemTime> {
+        self.instances.values().map(|i| i.token.expires_at).min()
+    }
+
+    /// Some sink still lacks a valid token, or a removal is pending.
+    fn pending_sinks(&self, now: SystemTime) -> bool {
+        !self.removals.is_empty()
+            || self
+                .instances
+                .values()
+                .any(|i| !i.token.is_expired(now) && i.delivered.iter().any(|d| !d))
+    }
+
+    /// Every instance has an unexpired token in every sink.
+    fn valid(&self, now: SystemTime) -> bool {
+        self.listed
+            && self.removals.is_empty()
+            && self
+                .instances
+                .values()
+                .all(|i| !i.token.is_expired(now) && i.delivered.iter().all(|d| *d))
     }
 }
 
@@ -214,21 +277,21 @@ impl SourceRunner {
     async fn run(&self, shared: &Shared, mut shutdown: watch::Receiver<bool>) {
         let clock = &shared.clock;
         let now = clock.now();
-        let current = self.adopt_existing(shared, now).await;
-        let next_fetch = match &current {
-            Some(t) => now + refresh_delay(&self.refresh, t, now, fastrand::f64()),
-            None => now,
-        };
-        let mut p = Progress::new(self, current, next_fetch, now);
+        let adopted = self.adopt_existing(now).await;
+        let mut p = Progress::new(self, adopted, now);
         loop {
             let now = clock.now();
-            if p.current.as_ref().is_some_and(|t| now < t.issued_at) {
+            if p.instances.values().any(|i| now < i.token.issued_at) {
                 warn!(source = %self.name, "wall clock moved backwards; refreshing now");
                 p.next_fetch = now;
+                for i in p.instances.values_mut() {
+                    i.refresh_at = now;
+                }
             }
             if now >= p.next_fetch {
+                let fresh = p.fresh(now, &self.refresh);
                 let (outcome, took) = tokio::select! {
-                    r = self.fetch(shared) => r,
+                    r = self.fetch(shared, &fresh) => r,
                     _ = shutdown.wait_for(|stop| *stop) => break,
                 };
                 self.after_fetch(shared, &mut p, outcome, took);
@@ -240,11 +303,11 @@ impl SourceRunner {
             self.publish(shared, &p, now);
 
             let mut wake = p.next_fetch.min(now + CLOCK_CHECK_PERIOD);
-            if self.pending_sinks(&p) {
+            if p.pending_sinks(now) {
                 wake = wake.min(p.next_sink_retry);
             }
-            if let Some(t) = p.current.as_ref().filter(|t| !t.is_expired(now)) {
-                wake = wake.min(t.expires_at);
+            if let Some(expiry) = p.earliest_expiry().filter(|e| *e > now) {
+                wake = wake.min(expiry);
             }
             let sleep = wake.duration_since(now).unwrap_or_default();
             tokio::select! {
@@ -256,7 +319,7 @@ impl SourceRunner {
     }
 
     /// A token left in a sink by an earlier run that is still before its refresh point.
-    async fn adopt_existing(&self, shared: &Shared, now: SystemTime) -> Option<Token> {
+    async fn adopt_existing(&self, now: SystemTime) -> Option<Token> {
         let mut best: Option<Token> = None;
         for (sink, _) in &self.sinks {
             if let Some(t) = sink.load_existing().await
@@ -267,143 +330,242 @@ impl SourceRunner {
             }
         }
         if let Some(t) = &best {
-            info!(source = %self.name, expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "reusing the still-valid token found on disk");
-            shared.metrics.token_adopted(&self.name, t.expires_at);
+            info!(source = %self.name, expires_at = %rfc3339(t.expires_at), "reusing the still-valid token found on disk");
         }
         best
     }
 
-    /// One fetch attempt, bounded by the global concurrency cap, timed into the metrics and
-    /// marked busy for `/healthz`. Returns how long the fetch itself took.
-    async fn fetch(&self, shared: &Shared) -> (Result<Token, FetchError>, Duration) {
+    /// One fetch, bounded by the global concurrency cap and marked busy for `/healthz`.
+    /// Returns how long the fetch itself took.
+    async fn fetch(
+        &self,
+        shared: &Shared,
+        fresh: &BTreeSet<String>,
+    ) -> (Result<Fetch, FetchError>, Duration) {
         let _permit = shared.fetch_permits.acquire().await;
         let _busy = shared
             .status
             .busy(&self.name, "fetch", shared.clock.now(), self.fetch_limit);
         let started = tokio::time::Instant::now();
-        let result = self.source.fetch(|| shared.clock.now()).await;
-        let took = started.elapsed();
-        match &result {
-            Ok(t) => shared.metrics.fetch_succeeded(
-                &self.name,
-                self.kind,
-                took,
-                t.expires_at,
-                shared.clock.now(),
-            ),
-            Err(e) => shared
-                .metrics
-                .fetch_failed(&self.name, self.kind, took, e.reason()),
-        }
-        (result, took)
+        let now = || shared.clock.now();
+        let result = self.source.fetch(&FetchContext { now: &now, fresh }).await;
+        (result, started.elapsed())
     }
 
-    /// Applies a fetch outcome and logs it: one event per attempt with source, duration,
-    /// outcome, expiry and the next planned attempt.
+    /// Applies a fetch outcome, records it, and logs one event per attempt (and one per failed
+    /// instance). Returns a summary of what failed, if anything did.
     fn after_fetch(
         &self,
         shared: &Shared,
         p: &mut Progress,
-        outcome: Result<Token, FetchError>,
+        outcome: Result<Fetch, FetchError>,
         took: Duration,
-    ) {
+    ) -> Option<String> {
         let now = shared.clock.now();
         let duration_ms = took.as_millis() as u64;
-        match outcome {
-            Ok(token) => {
-                p.fetch_backoff.reset();
-                p.next_fetch = now + refresh_delay(&self.refresh, &token, now, fastrand::f64());
-                p.next_sink_retry = now;
-                info!(
-                    source = %self.name,
-                    outcome = "success",
-                    duration_ms,
-                    expires_at = %rfc3339(token.expires_at),
-                    next_refresh = %rfc3339(p.next_fetch),
-                    "token refreshed"
-                );
-                p.current = Some(token);
-                shared
-                    .status
-                    .update(&self.name, |s| s.last_error_reason = None);
-            }
+        let fetch = match outcome {
+            Ok(fetch) => fetch,
             Err(e) => {
-                p.next_fetch = now + p.fetch_backoff.next_delay(fastrand::f64());
-                let reason = e.reason();
+                shared
+                    .metrics
+                    .observe_fetch(&self.name, self.kind, took, false);
+                shared.metrics.count_failure(&self.name, e.reason());
+                self.back_off(p, now, e.retry_after());
+                self.log_failure(p, now, duration_ms, None, &e);
                 shared
                     .status
-                    .update(&self.name, |s| s.last_error_reason = Some(reason));
-                let error = cause_chain(&e);
-                let next_attempt = rfc3339(p.next_fetch);
-                match p.current.as_ref().filter(|t| !t.is_expired(now)) {
-                    // Less than a quarter of its life left and still failing: say so loudly.
-                    Some(t) if t.remaining(now) < t.lifetime() / 4 => warn!(
-                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
-                        expires_at = %rfc3339(t.expires_at),
-                        "refresh keeps failing and the token in place expires soon"
-                    ),
-                    Some(t) => warn!(
-                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
-                        expires_at = %rfc3339(t.expires_at),
-                        "refresh failed; the current token stays in place"
-                    ),
-                    None => error!(
-                        source = %self.name, outcome = "failure", duration_ms, reason, %error, %next_attempt,
-                        "refresh failed and no valid token is available"
-                    ),
-                }
+                    .update(&self.name, |s| s.last_error_reason = Some(e.reason()));
+                return Some(cause_chain(&e));
             }
+        };
+        let random = fastrand::f64();
+        let mut failures: Vec<(String, FetchError)> = Vec::new();
+        let mut fetched = 0usize;
+        let listed: BTreeSet<String> = fetch.instances.iter().map(|(k, _)| k.clone()).collect();
+        for (key, outcome) in fetch.instances {
+            match outcome {
+                InstanceOutcome::Fetched(token) => {
+                    let refresh_at = now + refresh_delay(&self.refresh, &token, now, random);
+                    p.insert(self, &key, token, refresh_at);
+                    fetched += 1;
+                }
+                InstanceOutcome::Failed(e) => failures.push((key, e)),
+                InstanceOutcome::Kept => {}
+            }
+        }
+        let gone: Vec<String> = p
+            .instances
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            p.instances.remove(&key);
+            info!(source = %self.name, instance = %key, "instance went away upstream");
+            if self.remove_gone {
+                p.removals
+                    .extend((0..self.sinks.len()).map(|i| (key.clone(), i)));
+            }
+        }
+        p.listed = true;
+        p.next_sink_retry = now;
+        shared
+            .metrics
+            .observe_fetch(&self.name, self.kind, took, failures.is_empty());
+        let earliest_refresh = p.instances.values().map(|i| i.refresh_at).min();
+        if failures.is_empty() {
+            p.fetch_backoff.reset();
+            shared.metrics.set_last_success(&self.name, now);
+            shared
+                .status
+                .update(&self.name, |s| s.last_error_reason = None);
+            // Nothing to hold (no tenants yet): look again after max_interval at the latest.
+            p.next_fetch =
+                earliest_refresh.unwrap_or(now + self.refresh.max_interval.min(EMPTY_RELIST));
+            let expires_at = p
+                .earliest_expiry()
+                .map(rfc3339)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            info!(
+                source = %self.name,
+                outcome = "success",
+                duration_ms,
+                fetched,
+                instances = p.instances.len(),
+                expires_at,
+                next_refresh = %rfc3339(p.next_fetch),
+                "token refreshed"
+            );
+            return None;
+        }
+        let retry_after = failures.iter().filter_map(|(_, e)| e.retry_after()).max();
+        self.back_off(p, now, retry_after);
+        if let Some(earliest) = earliest_refresh {
+            p.next_fetch = p.next_fetch.min(earliest);
+        }
+        for (key, e) in &failures {
+            shared.metrics.count_failure(&self.name, e.reason());
+            self.log_failure(p, now, duration_ms, Some(key), e);
+        }
+        let reason = failures[0].1.reason();
+        shared
+            .status
+            .update(&self.name, |s| s.last_error_reason = Some(reason));
+        let names: Vec<&str> = failures.iter().map(|(k, _)| k.as_str()).collect();
+        Some(format!(
+            "{} instance(s) failed: {}; first error: {}",
+            failures.len(),
+            names.join(", "),
+            cause_chain(&failures[0].1)
+        ))
+    }
+
+    fn back_off(&self, p: &mut Progress, now: SystemTime, retry_after: Option<Duration>) {
+        let delay = p.fetch_backoff.next_delay(fastrand::f64());
+        p.next_fetch = now + retry_after.map_or(delay, |r| r.max(delay));
+    }
+
+    fn log_failure(
+        &self,
+        p: &Progress,
+        now: SystemTime,
+        duration_ms: u64,
+        instance: Option<&str>,
+        e: &FetchError,
+    ) {
+        let reason = e.reason();
+        let error = cause_chain(e);
+        let next_attempt = rfc3339(p.next_fetch);
+        let instance = instance.unwrap_or(SINGLE);
+        let current = p
+            .instances
+            .get(instance)
+            .map(|i| &i.token)
+            .filter(|t| !t.is_expired(now));
+        match current {
+            // Less than a quarter of its life left and still failing: say so loudly.
+            Some(t) if t.remaining(now) < t.lifetime() / 4 => warn!(
+                source = %self.name, instance, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                expires_at = %rfc3339(t.expires_at),
+                "refresh keeps failing and the token in place expires soon"
+            ),
+            Some(t) => warn!(
+                source = %self.name, instance, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                expires_at = %rfc3339(t.expires_at),
+                "refresh failed; the current token stays in place"
+            ),
+            None => error!(
+                source = %self.name, instance, outcome = "failure", duration_ms, reason, %error, %next_attempt,
+                "refresh failed and no valid token is available"
+            ),
         }
     }
 
-    fn pending_sinks(&self, p: &Progress) -> bool {
-        let Some(t) = &p.current else { return false };
-        let fp = t.fingerprint();
-        p.delivered
-            .iter()
-            .any(|d| d.as_deref() != Some(fp.as_str()))
-    }
-
-    /// Writes the current token to every sink that does not hold it yet.
+    /// Writes every valid token to every sink that lacks it, and removes the files of
+    /// instances that went away.
     async fn deliver(&self, shared: &Shared, p: &mut Progress, now: SystemTime) {
-        let Some(token) = p.current.as_ref().filter(|t| !t.is_expired(now)) else {
-            return;
-        };
-        let fp = token.fingerprint();
         let mut failed = false;
-        for (i, (sink, label)) in self.sinks.iter().enumerate() {
-            if p.delivered[i].as_deref() == Some(fp.as_str()) {
-                continue;
-            }
-            let started = tokio::time::Instant::now();
-            let written = {
-                let _busy = shared.status.busy(
-                    &self.name,
-                    "sink write",
-                    shared.clock.now(),
-                    SINK_WRITE_LIMIT,
-                );
-                sink.write(token).await
-            };
-            match written {
-                Ok(written) => {
-                    shared
-                        .metrics
-                        .sink_written(&self.name, label, started.elapsed());
-                    if written == Written::Replaced {
-                        debug!(source = %self.name, sink = %label, "token written");
+        for (key, instance) in p
+            .instances
+            .iter_mut()
+            .filter(|(_, i)| !i.token.is_expired(now))
+        {
+            for (i, (sink, label)) in self.sinks.iter().enumerate() {
+                if instance.delivered[i] {
+                    continue;
+                }
+                let started = tokio::time::Instant::now();
+                let written = {
+                    let _busy = shared.status.busy(
+                        &self.name,
+                        "sink write",
+                        shared.clock.now(),
+                        SINK_WRITE_LIMIT,
+                    );
+                    sink.write(&instance.token, key).await
+                };
+                match written {
+                    Ok(w) => {
+                        shared
+                            .metrics
+                            .sink_written(&self.name, label, started.elapsed());
+                        if w == Written::Replaced {
+                            debug!(source = %self.name, instance = %key, sink = %label, "token written");
+                        }
+                        instance.delivered[i] = true;
                     }
-                    p.delivered[i] = Some(fp.clone());
+                    Err(e) => {
+                        failed = true;
+                        shared.metrics.sink_failed(
+                            &self.name,
+                            label,
+                            started.elapsed(),
+                            e.reason(),
+                        );
+                        warn!(source = %self.name, instance = %key, sink = %label, reason = e.reason(), error = %cause_chain(&e), "sink write failed; the previous token stays in place");
+                    }
+                }
+            }
+        }
+        let mut still = Vec::new();
+        for (key, i) in std::mem::take(&mut p.removals) {
+            let (sink, label) = &self.sinks[i];
+            match sink.remove(&key).await {
+                Ok(()) => {
+                    info!(source = %self.name, instance = %key, sink = %label, "files of a removed instance deleted")
                 }
                 Err(e) => {
                     failed = true;
                     shared
                         .metrics
-                        .sink_failed(&self.name, label, started.elapsed(), e.reason());
-                    warn!(source = %self.name, sink = %label, reason = e.reason(), error = %cause_chain(&e), "sink write failed; the previous token stays in place");
+                        .sink_failed(&self.name, label, Duration::ZERO, e.reason());
+                    warn!(source = %self.name, instance = %key, sink = %label, reason = e.reason(), error = %cause_chain(&e), "cannot remove the files of a removed instance");
+                    still.push((key, i));
                 }
             }
         }
+        p.removals = still;
         if failed {
             p.next_sink_retry = now + p.sink_backoff.next_delay(fastrand::f64());
         } else {
@@ -412,36 +574,34 @@ impl SourceRunner {
     }
 
     fn publish(&self, shared: &Shared, p: &Progress, now: SystemTime) {
-        let valid =
-            p.current.as_ref().is_some_and(|t| !t.is_expired(now)) && !self.pending_sinks(p);
+        let valid = p.valid(now);
+        let expires_at = p.earliest_expiry();
         shared.metrics.set_valid(&self.name, valid);
         shared.metrics.set_next_refresh(&self.name, p.next_fetch);
-        let expires_at = p.current.as_ref().map(|t| t.expires_at);
+        if let Some(e) = expires_at {
+            shared.metrics.set_expiry(&self.name, e);
+        }
         shared.status.update(&self.name, |s| {
             s.ready = valid;
             s.expires_at = expires_at;
         });
     }
 
-    /// `once` mode: adopt or fetch a single token, write every sink, no retries.
+    /// `once` mode: adopt or fetch, write every sink, no retries.
     async fn once(&self, shared: &Shared) -> Result<(), String> {
         let now = shared.clock.now();
-        let token = match self.adopt_existing(shared, now).await {
-            Some(t) => t,
-            None => {
-                let t = self
-                    .fetch(shared)
-                    .await
-                    .0
-                    .map_err(|e| format!("fetch failed: {}", cause_chain(&e)))?;
-                info!(source = %self.name, outcome = "success", expires_at = %humantime::format_rfc3339_seconds(t.expires_at), "token fetched");
-                t
+        let adopted = self.adopt_existing(now).await;
+        let mut p = Progress::new(self, adopted, now);
+        if !p.listed {
+            let (outcome, took) = self.fetch(shared, &BTreeSet::new()).await;
+            if let Some(problem) = self.after_fetch(shared, &mut p, outcome, took) {
+                self.deliver(shared, &mut p, shared.clock.now()).await;
+                return Err(format!("fetch failed: {problem}"));
             }
-        };
-        let mut p = Progress::new(self, Some(token), now, now);
+        }
         self.deliver(shared, &mut p, shared.clock.now()).await;
         self.publish(shared, &p, shared.clock.now());
-        if self.pending_sinks(&p) {
+        if p.pending_sinks(shared.clock.now()) {
             return Err("one or more sinks could not be written".into());
         }
         Ok(())

@@ -197,42 +197,30 @@ impl Metrics {
         self.sources.set(n as i64);
     }
 
-    pub fn fetch_succeeded(
-        &self,
-        source: &str,
-        kind: &str,
-        took: Duration,
-        expires_at: SystemTime,
-        now: SystemTime,
-    ) {
+    /// One fetch attempt: its duration and whether it (entirely) succeeded.
+    pub fn observe_fetch(&self, source: &str, kind: &str, took: Duration, success: bool) {
         self.refresh_duration
             .with_label_values(&[source, kind])
             .observe(took.as_secs_f64());
+        let result = if success { "success" } else { "failure" };
         self.refresh_total
-            .with_label_values(&[source, "success"])
+            .with_label_values(&[source, result])
             .inc();
-        self.token_expiry
-            .with_label_values(&[source])
-            .set(unix(expires_at));
-        self.last_success
-            .with_label_values(&[source])
-            .set(unix(now));
     }
 
-    pub fn fetch_failed(&self, source: &str, kind: &str, took: Duration, reason: &str) {
-        self.refresh_duration
-            .with_label_values(&[source, kind])
-            .observe(took.as_secs_f64());
-        self.refresh_total
-            .with_label_values(&[source, "failure"])
-            .inc();
+    /// One failure (of the whole fetch, or of one instance in it).
+    pub fn count_failure(&self, source: &str, reason: &str) {
         self.refresh_failures
             .with_label_values(&[source, reason])
             .inc();
     }
 
-    /// A token adopted from an earlier run's sink (counts neither as success nor failure).
-    pub fn token_adopted(&self, source: &str, expires_at: SystemTime) {
+    pub fn set_last_success(&self, source: &str, at: SystemTime) {
+        self.last_success.with_label_values(&[source]).set(unix(at));
+    }
+
+    /// Expiry of the token in place (the earliest, for a per-tenant source).
+    pub fn set_expiry(&self, source: &str, expires_at: SystemTime) {
         self.token_expiry
             .with_label_values(&[source])
             .set(unix(expires_at));

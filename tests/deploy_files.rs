@@ -8,20 +8,12 @@ use token_agent::metrics::Metrics;
 fn exported() -> BTreeSet<String> {
     let m = Metrics::new();
     m.register_source("s", "oauth2", &["file:/x".into()]);
-    m.fetch_failed(
-        "s",
-        "oauth2",
-        std::time::Duration::from_millis(1),
-        "timeout",
-    );
+    let now = std::time::SystemTime::now();
+    m.observe_fetch("s", "oauth2", std::time::Duration::from_millis(1), true);
+    m.count_failure("s", "timeout");
     m.sink_failed("s", "file:/x", std::time::Duration::from_millis(1), "io");
-    m.fetch_succeeded(
-        "s",
-        "oauth2",
-        std::time::Duration::from_millis(1),
-        std::time::SystemTime::now(),
-        std::time::SystemTime::now(),
-    );
+    m.set_last_success("s", now);
+    m.set_expiry("s", now);
     m.set_next_refresh("s", std::time::SystemTime::now());
     m.encode()
         .lines()

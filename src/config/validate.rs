@@ -95,6 +95,14 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
             for (field, message) in sink.check() {
                 push(format!("{sink_at}.{field}"), message);
             }
+            match (source.spec.is_multi_instance(), sink.is_per_instance()) {
+                (true, false) => push(
+                    sink_at.clone(),
+                    "this source yields one token per tenant: put `{tenant}` in the path, e.g. `path: \"tokens/{tenant}.token\"`".into(),
+                ),
+                (false, true) => push(sink_at.clone(), "`{tenant}` only applies to per-tenant sources".into()),
+                _ => {}
+            }
             if let Some((field, target)) = sink.target(&config.defaults.file)
                 && let Some(other) = targets.insert(target.clone(), sink_at.clone())
             {

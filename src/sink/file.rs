@@ -19,7 +19,8 @@ use crate::token::{Token, fingerprint};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
-    /// File name relative to `dir`; may contain sub-directories, never `..`.
+    /// File name relative to `dir`; may contain sub-directories, never `..`. Per-tenant
+    /// sources put `{tenant}` in it.
     pub path: PathBuf,
     #[serde(default)]
     pub format: Format,
@@ -37,7 +38,7 @@ impl FileSinkConfig {
     /// Problems as `(field relative to this sink, message)`.
     pub fn check(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if let Err(message) = atomic::check_relative(&self.path) {
+        if let Err(message) = atomic::check_relative(&instance_path(&self.path, "tenant")) {
             problems.push(("path".into(), message));
         }
         if let Some(name) = &self.env_name {
@@ -75,6 +76,29 @@ impl FileSinkConfig {
             source: source.to_owned(),
             swept: Arc::default(),
         }
+    }
+}
+
+/// The placeholder a per-tenant sink path carries.
+pub const TENANT: &str = "{tenant}";
+
+/// `path` with `{tenant}` replaced by `instance`.
+fn instance_path(path: &Path, instance: &str) -> PathBuf {
+    PathBuf::from(path.to_string_lossy().replace(TENANT, instance))
+}
+
+/// A tenant id becomes a file name: only `[A-Za-z0-9._-]`, not starting with `.`, ≤ 128.
+pub fn check_instance_name(instance: &str) -> Result<(), String> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 128
+        && !instance.starts_with('.')
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{instance}` cannot be used in a file name"))
     }
 }
 
@@ -118,9 +142,26 @@ impl FileSink {
         target.with_file_name(format!(".{name}.meta.json"))
     }
 
-    /// Writes `token` (blocking I/O; the agent runs it off the async threads).
-    pub fn write(&self, token: &Token) -> Result<Written, AtomicError> {
-        let target = atomic::resolve(&self.dir, &self.path)?;
+    /// Whether the path holds `{tenant}` (one file per instance).
+    pub fn is_per_instance(&self) -> bool {
+        self.path.to_string_lossy().contains(TENANT)
+    }
+
+    /// The relative path for `instance` (the configured path for a single-token source).
+    fn relative(&self, instance: &str) -> Result<PathBuf, AtomicError> {
+        if !self.is_per_instance() {
+            return Ok(self.path.clone());
+        }
+        check_instance_name(instance).map_err(|_| AtomicError::Escape {
+            path: PathBuf::from(instance),
+            dir: self.dir.clone(),
+        })?;
+        Ok(instance_path(&self.path, instance))
+    }
+
+    /// Writes `token` for `instance` (blocking I/O; the agent runs it off the async threads).
+    pub fn write(&self, token: &Token, instance: &str) -> Result<Written, AtomicError> {
+        let target = atomic::resolve(&self.dir, &self.relative(instance)?)?;
         if !self.swept.swap(true, Ordering::Relaxed) {
             atomic::remove_stale_temporaries(&target);
             atomic::remove_stale_temporaries(&Self::meta_path(&target));
@@ -147,8 +188,22 @@ impl FileSink {
         Ok(written)
     }
 
-    /// The token this sink holds from an earlier run, if its file and metadata agree.
+    /// Removes the files of an instance that went away (per-instance paths only).
+    pub fn remove(&self, instance: &str) -> Result<(), AtomicError> {
+        if !self.is_per_instance() {
+            return Ok(());
+        }
+        let target = self.dir.join(self.relative(instance)?);
+        atomic::remove(&target)?;
+        atomic::remove(&Self::meta_path(&target))
+    }
+
+    /// The token this sink holds from an earlier run, if its file and metadata agree
+    /// (single-token paths only).
     pub fn load_existing(&self) -> Option<Token> {
+        if self.is_per_instance() {
+            return None;
+        }
         atomic::check_relative(&self.path).ok()?;
         let target = self.dir.join(&self.path);
         let meta: Meta =
@@ -210,7 +265,7 @@ mod tests {
             let s = sink(dir.path(), format);
             assert!(s.load_existing().is_none());
             let t = token("tok-1");
-            s.write(&t).unwrap();
+            s.write(&t, "").unwrap();
             let back = s.load_existing().unwrap();
             assert!(back.same_value(&t), "{format:?}");
             assert_eq!(
@@ -227,10 +282,48 @@ mod tests {
     }
 
     #[test]
+    fn per_tenant_paths_are_filled_in_checked_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            path: "mdsp/{tenant}.token".into(),
+            format: Format::Raw,
+            dir: None,
+            mode: None,
+            uid: None,
+            gid: None,
+            env_name: None,
+        };
+        let s = config.build(
+            "m",
+            &FileDefaults {
+                dir: dir.path().to_owned(),
+                ..FileDefaults::default()
+            },
+        );
+        assert!(s.is_per_instance());
+        s.write(&token("tok-a"), "tenant-a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("mdsp/tenant-a.token")).unwrap(),
+            "tok-a"
+        );
+        for bad in ["../x", "a/b", ".hidden", ""] {
+            assert_eq!(
+                s.write(&token("t"), bad).unwrap_err().reason(),
+                "path_escape",
+                "{bad}"
+            );
+        }
+        s.remove("tenant-a").unwrap();
+        assert!(!dir.path().join("mdsp/tenant-a.token").exists());
+        assert!(!dir.path().join("mdsp/.tenant-a.token.meta.json").exists());
+        assert!(s.load_existing().is_none());
+    }
+
+    #[test]
     fn mismatched_metadata_is_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let s = sink(dir.path(), Format::Raw);
-        s.write(&token("tok-1")).unwrap();
+        s.write(&token("tok-1"), "").unwrap();
         std::fs::write(dir.path().join("a/t"), "someone-else").unwrap();
         assert!(s.load_existing().is_none());
     }

@@ -37,6 +37,13 @@ impl SinkConfig {
         }
     }
 
+    /// Whether the sink's location contains `{tenant}`.
+    pub fn is_per_instance(&self) -> bool {
+        match self {
+            SinkConfig::File(c) => c.path.to_string_lossy().contains(file::TENANT),
+        }
+    }
+
     /// The place this sink writes to, with the field that names it, so two sinks never write
     /// the same place.
     pub fn target(
@@ -87,11 +94,25 @@ impl Sink {
         }
     }
 
-    pub async fn write(&self, token: &Token) -> Result<Written, SinkError> {
+    /// Writes `token` for `instance` ([`crate::source::SINGLE`] for single-token sources).
+    pub async fn write(&self, token: &Token, instance: &str) -> Result<Written, SinkError> {
         match self {
             Sink::File(s) => {
-                let (s, token) = (s.clone(), token.clone());
-                tokio::task::spawn_blocking(move || s.write(&token))
+                let (s, token, instance) = (s.clone(), token.clone(), instance.to_owned());
+                tokio::task::spawn_blocking(move || s.write(&token, &instance))
+                    .await
+                    .map_err(|e| SinkError::Join(e.to_string()))?
+                    .map_err(SinkError::from)
+            }
+        }
+    }
+
+    /// Removes what was written for an instance that went away.
+    pub async fn remove(&self, instance: &str) -> Result<(), SinkError> {
+        match self {
+            Sink::File(s) => {
+                let (s, instance) = (s.clone(), instance.to_owned());
+                tokio::task::spawn_blocking(move || s.remove(&instance))
                     .await
                     .map_err(|e| SinkError::Join(e.to_string()))?
                     .map_err(SinkError::from)

@@ -24,6 +24,8 @@ pub enum FetchError {
         url: String,
         status: u16,
         remote: Option<String>,
+        /// The issuer's `Retry-After`, honoured by the scheduler.
+        retry_after: Option<std::time::Duration>,
     },
     #[error("response from {url} is larger than {limit} bytes")]
     TooLarge { url: String, limit: usize },
@@ -41,6 +43,14 @@ fn describe(remote: &Option<String>) -> String {
 }
 
 impl FetchError {
+    /// How long the issuer asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The metric label for this failure: a small closed set, never free text.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -111,6 +111,8 @@ fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildE
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After` (seconds or an HTTP date), capped at an hour.
+    pub retry_after: Option<Duration>,
 }
 
 /// Sends `request`, classifying transport failures, and reads at most [`MAX_RESPONSE_BYTES`].
@@ -125,6 +127,11 @@ pub async fn send(
         .await
         .map_err(|e| classify(e, url, timeout))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -148,7 +155,23 @@ pub async fn send(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Reply { status, body })
+    Ok(Reply {
+        status,
+        body,
+        retry_after,
+    })
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`, capped at one hour.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let wait = match value.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value.trim())
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(wait.min(Duration::from_secs(3600)))
 }
 
 /// Turns a reqwest error into a [`FetchError`] without its URL (which may carry a query
@@ -192,4 +215,23 @@ pub fn cause_chain(error: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("99999"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let got = parse_retry_after(&later).unwrap().as_secs();
+        assert!((88..=90).contains(&got), "{got}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }

@@ -10,6 +10,7 @@ pub mod response;
 #[cfg(test)]
 pub mod scripted;
 
+use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -50,6 +51,17 @@ impl SourceSpec {
         }
     }
 
+    /// Whether the source yields one token per instance (tenant), so that each sink path
+    /// must contain `{tenant}`.
+    pub fn is_multi_instance(&self) -> bool {
+        false
+    }
+
+    /// Whether the files of an instance that goes away upstream are deleted.
+    pub fn removes_gone_instances(&self) -> bool {
+        true
+    }
+
     /// Field names of credentials written inline in the YAML.
     pub fn inline_secrets(&self) -> Vec<&'static str> {
         match self {
@@ -64,6 +76,43 @@ impl SourceSpec {
     }
 }
 
+/// The instance key of a source that has a single token.
+pub const SINGLE: &str = "";
+
+/// What a fetch produced for one instance (a tenant, or the single token of most sources).
+#[derive(Debug)]
+pub enum InstanceOutcome {
+    /// A new token.
+    Fetched(Token),
+    /// This instance failed; the others are unaffected.
+    Failed(FetchError),
+    /// Not fetched because its current token is not due yet (`FetchContext::fresh`).
+    Kept,
+}
+
+/// Every instance the source has now, with what happened to each. An instance the agent held
+/// that is missing here is gone upstream (a tenant that left).
+#[derive(Debug)]
+pub struct Fetch {
+    pub instances: Vec<(String, InstanceOutcome)>,
+}
+
+impl Fetch {
+    pub fn single(token: Token) -> Fetch {
+        Fetch {
+            instances: vec![(SINGLE.to_owned(), InstanceOutcome::Fetched(token))],
+        }
+    }
+}
+
+/// What the agent tells a source about the fetch it asks for.
+pub struct FetchContext<'a> {
+    /// Wall-clock time, to stamp issue times (injected so tests control the clock).
+    pub now: &'a (dyn Fn() -> SystemTime + Send + Sync),
+    /// Instances whose current token is not due: a multi-instance source may skip them.
+    pub fresh: &'a BTreeSet<String>,
+}
+
 /// A runnable source.
 pub enum Source {
     OAuth2(Box<oauth2::OAuth2Source>),
@@ -72,12 +121,13 @@ pub enum Source {
 }
 
 impl Source {
-    /// Fetches one token; `now` stamps its issue time (injected so tests control the clock).
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+    /// Fetches what is due. A single-token source answers with one instance, [`SINGLE`], or
+    /// fails as a whole.
+    pub async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Fetch, FetchError> {
         match self {
-            Source::OAuth2(s) => s.fetch(now).await,
+            Source::OAuth2(s) => s.fetch(ctx.now).await.map(Fetch::single),
             #[cfg(test)]
-            Source::Scripted(s) => s.fetch(now).await,
+            Source::Scripted(s) => s.fetch(ctx.now).await.map(Fetch::single),
         }
     }
 }

@@ -247,6 +247,7 @@ impl OAuth2Source {
                 url: self.display_url.clone(),
                 status: reply.status,
                 remote: response::describe_error_body(&reply.body, &secrets),
+                retry_after: reply.retry_after,
             });
         }
         response::token_from_json(&reply.body, &c.response, c.ttl, now(), &self.display_url)

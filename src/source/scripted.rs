@@ -50,6 +50,7 @@ impl Scripted {
                 url: "scripted".into(),
                 status: 503,
                 remote: Some(detail.into()),
+                retry_after: None,
             }),
         }
     }
