@@ -333,7 +333,9 @@ fn yaml_1_2_scalars_stay_strings() {
         FileMode(0o440),
         "an unquoted 0440 is read as octal"
     );
-    let crate::source::SourceSpec::Oauth2(o) = &c.sources[0].spec;
+    let crate::source::SourceSpec::Oauth2(o) = &c.sources[0].spec else {
+        panic!("oauth2")
+    };
     assert_eq!(o.headers.get("X-On").map(String::as_str), Some("yes"));
     assert_eq!(o.headers.get("X-Off").map(String::as_str), Some("no"));
 }

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod http;
 pub mod jwt;
+pub mod mindsphere;
 pub mod oauth2;
 pub mod response;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use crate::token::Token;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
     Oauth2(oauth2::OAuth2Config),
+    Mindsphere(mindsphere::MindSphereConfig),
 }
 
 /// Why a source could not be built from a checked configuration (files it refers to).
@@ -41,6 +43,7 @@ impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::Oauth2(_) => "oauth2",
+            SourceSpec::Mindsphere(_) => "mindsphere",
         }
     }
 
@@ -48,30 +51,39 @@ impl SourceSpec {
     pub fn check(&self) -> Vec<(String, String)> {
         match self {
             SourceSpec::Oauth2(c) => c.check(),
+            SourceSpec::Mindsphere(c) => c.check(),
         }
     }
 
     /// Whether the source yields one token per instance (tenant), so that each sink path
     /// must contain `{tenant}`.
     pub fn is_multi_instance(&self) -> bool {
-        false
+        match self {
+            SourceSpec::Oauth2(_) => false,
+            SourceSpec::Mindsphere(c) => c.is_multi_instance(),
+        }
     }
 
     /// Whether the files of an instance that goes away upstream are deleted.
     pub fn removes_gone_instances(&self) -> bool {
-        true
+        match self {
+            SourceSpec::Oauth2(_) => true,
+            SourceSpec::Mindsphere(c) => c.on_removed == mindsphere::OnRemoved::Delete,
+        }
     }
 
     /// Field names of credentials written inline in the YAML.
     pub fn inline_secrets(&self) -> Vec<&'static str> {
         match self {
             SourceSpec::Oauth2(c) => c.inline_secrets(),
+            SourceSpec::Mindsphere(c) => c.inline_secrets(),
         }
     }
 
     pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<Source, BuildError> {
         Ok(match self {
             SourceSpec::Oauth2(c) => Source::OAuth2(Box::new(c.build(http, clients)?)),
+            SourceSpec::Mindsphere(c) => Source::MindSphere(Box::new(c.build(http, clients)?)),
         })
     }
 }
@@ -116,6 +128,7 @@ pub struct FetchContext<'a> {
 /// A runnable source.
 pub enum Source {
     OAuth2(Box<oauth2::OAuth2Source>),
+    MindSphere(Box<mindsphere::MindSphereSource>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -126,6 +139,7 @@ impl Source {
     pub async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Fetch, FetchError> {
         match self {
             Source::OAuth2(s) => s.fetch(ctx.now).await.map(Fetch::single),
+            Source::MindSphere(s) => s.fetch(ctx).await,
             #[cfg(test)]
             Source::Scripted(s) => s.fetch(ctx.now).await.map(Fetch::single),
         }

@@ -2,6 +2,7 @@
 //! helpers to run the agent from a YAML string.
 #![allow(dead_code)]
 
+pub mod mindsphere;
 pub mod vendors;
 
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ impl Recorded {
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
     /// Stream the body in chunks without a Content-Length.
@@ -76,6 +78,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
+            headers: Vec::new(),
             body: value.to_string().into_bytes(),
             delay: Duration::ZERO,
             chunked: false,
@@ -86,6 +89,7 @@ impl Reply {
         Reply {
             status,
             content_type: "text/plain",
+            headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
             chunked: false,
@@ -151,9 +155,12 @@ impl Mock {
 }
 
 fn respond(reply: Reply) -> Response {
-    let builder = Response::builder()
+    let mut builder = Response::builder()
         .status(StatusCode::from_u16(reply.status).unwrap())
         .header("content-type", reply.content_type);
+    for (name, value) in &reply.headers {
+        builder = builder.header(*name, value);
+    }
     if reply.chunked {
         let chunks: Vec<Result<Bytes, std::io::Error>> = reply
             .body
