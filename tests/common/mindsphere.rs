@@ -189,14 +189,14 @@ impl MindSphere {
             );
         }
         let ids: Vec<&str> = ids.iter().filter_map(Value::as_str).collect();
-        if let Some(bad) = self.failing_tenant.lock().unwrap().as_deref() {
-            if ids.contains(&bad) {
-                return error(
-                    500,
-                    "mdsp.core.generic.internalServerError",
-                    "Internal error",
-                );
-            }
+        if let Some(bad) = self.failing_tenant.lock().unwrap().as_deref()
+            && ids.contains(&bad)
+        {
+            return error(
+                500,
+                "mdsp.core.generic.internalServerError",
+                "Internal error",
+            );
         }
         let tenants = self.tenants.lock().unwrap().clone();
         let tokens: Vec<Value> = ids
