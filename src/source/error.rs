@@ -27,6 +27,8 @@ pub enum FetchError {
         /// The issuer's `Retry-After`, honoured by the scheduler.
         retry_after: Option<std::time::Duration>,
     },
+    #[error("{url} refused: {detail}")]
+    Rejected { url: String, detail: String },
     #[error("response from {url} is larger than {limit} bytes")]
     TooLarge { url: String, limit: usize },
     #[error("invalid response from {url}: {detail}")]
@@ -63,6 +65,7 @@ impl FetchError {
             FetchError::Status { status, .. } if *status >= 500 => "http_5xx",
             FetchError::Status { .. } => "http_4xx",
             FetchError::TooLarge { .. } => "response_too_large",
+            FetchError::Rejected { .. } => "rejected",
             FetchError::InvalidResponse { .. } => "invalid_response",
             FetchError::ExpiredOnArrival { .. } => "expired_on_arrival",
         }
@@ -79,6 +82,7 @@ impl FetchError {
         "http_5xx",
         "http_4xx",
         "response_too_large",
+        "rejected",
         "invalid_response",
         "expired_on_arrival",
     ];

@@ -7,9 +7,11 @@ pub mod http;
 pub mod jwt;
 pub mod mindsphere;
 pub mod oauth2;
+pub mod odin;
 pub mod response;
 #[cfg(test)]
 pub mod scripted;
+pub mod xmlrpc;
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -27,6 +29,7 @@ use crate::token::Token;
 pub enum SourceSpec {
     Oauth2(oauth2::OAuth2Config),
     Mindsphere(mindsphere::MindSphereConfig),
+    OdinOa(odin::OdinConfig),
 }
 
 /// Why a source could not be built from a checked configuration (files it refers to).
@@ -44,6 +47,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Oauth2(_) => "oauth2",
             SourceSpec::Mindsphere(_) => "mindsphere",
+            SourceSpec::OdinOa(_) => "odin_oa",
         }
     }
 
@@ -52,6 +56,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Oauth2(c) => c.check(),
             SourceSpec::Mindsphere(c) => c.check(),
+            SourceSpec::OdinOa(c) => c.check(),
         }
     }
 
@@ -59,7 +64,7 @@ impl SourceSpec {
     /// must contain `{tenant}`.
     pub fn is_multi_instance(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) => false,
+            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) => false,
             SourceSpec::Mindsphere(c) => c.is_multi_instance(),
         }
     }
@@ -67,7 +72,7 @@ impl SourceSpec {
     /// Whether the files of an instance that goes away upstream are deleted.
     pub fn removes_gone_instances(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) => true,
+            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) => true,
             SourceSpec::Mindsphere(c) => c.on_removed == mindsphere::OnRemoved::Delete,
         }
     }
@@ -77,6 +82,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Oauth2(c) => c.inline_secrets(),
             SourceSpec::Mindsphere(c) => c.inline_secrets(),
+            SourceSpec::OdinOa(c) => c.inline_secrets(),
         }
     }
 
@@ -84,6 +90,7 @@ impl SourceSpec {
         Ok(match self {
             SourceSpec::Oauth2(c) => Source::OAuth2(Box::new(c.build(http, clients)?)),
             SourceSpec::Mindsphere(c) => Source::MindSphere(Box::new(c.build(http, clients)?)),
+            SourceSpec::OdinOa(c) => Source::Odin(Box::new(c.build(http, clients)?)),
         })
     }
 }
@@ -129,6 +136,7 @@ pub struct FetchContext<'a> {
 pub enum Source {
     OAuth2(Box<oauth2::OAuth2Source>),
     MindSphere(Box<mindsphere::MindSphereSource>),
+    Odin(Box<odin::OdinSource>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -140,6 +148,7 @@ impl Source {
         match self {
             Source::OAuth2(s) => s.fetch(ctx.now).await.map(Fetch::single),
             Source::MindSphere(s) => s.fetch(ctx).await,
+            Source::Odin(s) => s.fetch(ctx.now).await.map(Fetch::single),
             #[cfg(test)]
             Source::Scripted(s) => s.fetch(ctx.now).await.map(Fetch::single),
         }

@@ -1,0 +1,274 @@
+//! `kind: odin_oa` — an APS token from Odin / Parallels Operations Automation through the
+//! OpenAPI call `pem.APS.getAccountToken` (XML-RPC; seed 000).
+//!
+//! The answer is always a plain struct: `status` 0 with `result.aps_token` and
+//! `result.controller_uri`, or a non-zero `status` with `error_message`, `module_id` and
+//! `extype_id`. The token is opaque and lives 15–20 minutes, so `ttl` (default 15 m) drives
+//! refresh.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::BuildError;
+use super::error::FetchError;
+use super::http::{self, HttpClients};
+use super::response::check_token_text;
+use super::xmlrpc::{self, Value};
+use crate::config::HttpSettings;
+use crate::redact::{scrub, url_for_display};
+use crate::secret::SecretRef;
+use crate::token::Token;
+
+const METHOD: &str = "pem.APS.getAccountToken";
+/// The OpenAPI port of an Operations Automation management node.
+const DEFAULT_PORT: u16 = 8440;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdinConfig {
+    /// The management node's OpenAPI endpoint, e.g. `https://mn.example.com:8440/RPC2`.
+    /// Without a port, 8440; without a path, `/RPC2`.
+    pub url: String,
+    /// HTTP Basic user, if the OpenAPI requires authentication.
+    pub username: Option<SecretRef>,
+    pub password: Option<SecretRef>,
+    /// Account whose token is wanted (1 = the provider).
+    pub account_id: i64,
+    /// Subscription context (omitted when not set; 0 means none).
+    pub subscription_id: Option<i64>,
+    /// Token lifetime to assume (the token carries none).
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl OdinConfig {
+    /// The endpoint with the documented defaults filled in.
+    fn endpoint(&self) -> Result<url::Url, String> {
+        let mut url = url::Url::parse(&self.url).map_err(|e| format!("not a URL: {e}"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("scheme `{}` is not http or https", url.scheme()));
+        }
+        if url.port().is_none()
+            && !self
+                .url
+                .contains(&format!(":{}", url.port_or_known_default().unwrap_or(0)))
+        {
+            let _ = url.set_port(Some(DEFAULT_PORT));
+        }
+        if url.path() == "/" && !self.url.trim_end().ends_with('/') {
+            url.set_path("/RPC2");
+        }
+        Ok(url)
+    }
+
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Err(message) = self.endpoint() {
+            problems.push(("url".into(), message));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            problems.push((
+                "password".into(),
+                "username and password go together".into(),
+            ));
+        }
+        if self.account_id < 1 {
+            problems.push((
+                "account_id".into(),
+                "must be 1 (provider) or a customer account id".into(),
+            ));
+        }
+        if self.subscription_id.is_some_and(|s| s < 0) {
+            problems.push(("subscription_id".into(), "must not be negative".into()));
+        }
+        if self.ttl < Duration::from_secs(10) {
+            problems.push((
+                "ttl".into(),
+                "must be at least 10s (tokens live 15–20 minutes)".into(),
+            ));
+        }
+        problems
+    }
+
+    pub fn inline_secrets(&self) -> Vec<&'static str> {
+        match &self.password {
+            Some(p) if p.is_inline() => vec!["password"],
+            _ => vec![],
+        }
+    }
+
+    pub fn build(
+        &self,
+        http: &HttpSettings,
+        clients: &HttpClients,
+    ) -> Result<OdinSource, BuildError> {
+        let url = self
+            .endpoint()
+            .map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
+        Ok(OdinSource {
+            client: clients.get(http)?,
+            shown: url_for_display(&url),
+            url,
+            timeout: http.timeout,
+            config: self.clone(),
+        })
+    }
+}
+
+pub struct OdinSource {
+    client: reqwest::Client,
+    url: url::Url,
+    shown: String,
+    timeout: Duration,
+    config: OdinConfig,
+}
+
+impl OdinSource {
+    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+        let c = &self.config;
+        let mut args = vec![("account_id".to_owned(), Value::Int(c.account_id))];
+        if let Some(sub) = c.subscription_id {
+            args.push(("subscription_id".to_owned(), Value::Int(sub)));
+        }
+        let body = xmlrpc::method_call(METHOD, &[Value::Struct(args.into_iter().collect())]);
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .body(body);
+        let mut secrets = Vec::new();
+        if let (Some(user), Some(password)) = (&c.username, &c.password) {
+            let (user, password) = (user.load()?, password.load()?);
+            let pair = STANDARD.encode(format!(
+                "{}:{}",
+                user.expose_secret(),
+                password.expose_secret()
+            ));
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {pair}"))
+                .map_err(|_| FetchError::Request {
+                    url: self.shown.clone(),
+                    detail: "username or password is not valid in a header".into(),
+                })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+            secrets = vec![user, password];
+        }
+        let reply = http::send(request, &self.shown, self.timeout).await?;
+        let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
+        let invalid = |detail: String| FetchError::InvalidResponse {
+            url: self.shown.clone(),
+            detail,
+        };
+        if !(200..300).contains(&reply.status) {
+            return Err(FetchError::Status {
+                url: self.shown.clone(),
+                status: reply.status,
+                remote: None,
+                retry_after: reply.retry_after,
+            });
+        }
+        let text =
+            String::from_utf8(reply.body).map_err(|_| invalid("body is not UTF-8".into()))?;
+        let answer = match xmlrpc::parse_response(&text).map_err(invalid)? {
+            Ok(v) => v,
+            Err(fault) => {
+                return Err(FetchError::Rejected {
+                    url: self.shown.clone(),
+                    detail: scrub(
+                        &format!("fault {}: {}", fault.code, fault.message),
+                        &secrets,
+                    ),
+                });
+            }
+        };
+        let status = answer
+            .member("status")
+            .and_then(Value::as_int)
+            .ok_or_else(|| invalid("no integer `status`".into()))?;
+        if status != 0 {
+            let field = |name: &str| {
+                answer.member(name).map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .or_else(|| v.as_int().map(|i| i.to_string()))
+                        .unwrap_or_default()
+                })
+            };
+            let detail = format!(
+                "status {status}: {} (module_id {}, extype_id {})",
+                field("error_message").unwrap_or_default(),
+                field("module_id").unwrap_or_default(),
+                field("extype_id").unwrap_or_default()
+            );
+            return Err(FetchError::Rejected {
+                url: self.shown.clone(),
+                detail: scrub(&detail, &secrets),
+            });
+        }
+        let result = answer
+            .member("result")
+            .ok_or_else(|| invalid("status 0 without a `result`".into()))?;
+        let value = result
+            .member("aps_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("no `result.aps_token`".into()))?;
+        check_token_text(value).map_err(invalid)?;
+        let issued = now();
+        let mut token = Token::new(value.into(), "APS-Token".into(), issued, issued + c.ttl);
+        if let Some(uri) = result.member("controller_uri").and_then(Value::as_str) {
+            token
+                .metadata
+                .insert("controller_uri".into(), uri.chars().take(512).collect());
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> OdinConfig {
+        OdinConfig {
+            url: url.into(),
+            username: None,
+            password: None,
+            account_id: 1,
+            subscription_id: None,
+            ttl: default_ttl(),
+        }
+    }
+
+    #[test]
+    fn endpoint_defaults() {
+        assert_eq!(
+            config("https://mn.example.com")
+                .endpoint()
+                .unwrap()
+                .as_str(),
+            "https://mn.example.com:8440/RPC2"
+        );
+        assert_eq!(
+            config("http://mn:8080/").endpoint().unwrap().as_str(),
+            "http://mn:8080/"
+        );
+        assert_eq!(
+            config("https://mn:443/RPC2").endpoint().unwrap().as_str(),
+            "https://mn/RPC2",
+            "an explicit default port is kept"
+        );
+        assert_eq!(
+            config("http://mn:9000").endpoint().unwrap().as_str(),
+            "http://mn:9000/RPC2"
+        );
+        assert!(config("ftp://mn").endpoint().is_err());
+    }
+}
