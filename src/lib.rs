@@ -18,6 +18,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+pub mod template;
 pub mod token;
 
 /// Installs the single TLS crypto provider (ring) used by every HTTP client in the process.
