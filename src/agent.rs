@@ -14,7 +14,7 @@ use crate::config::{Config, RefreshPolicy, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::schedule::{Backoff, refresh_delay};
 use crate::sink::{Sink, Written};
-use crate::source::http::{HttpClients, cause_chain};
+use crate::source::client::{HttpClients, cause_chain};
 use crate::source::{BuildError, Fetch, FetchContext, FetchError, InstanceOutcome, SINGLE, Source};
 use crate::status::Status;
 use crate::token::Token;
@@ -64,7 +64,7 @@ struct SourceRunner {
     sinks: Vec<(Sink, String)>,
     refresh: RefreshPolicy,
     retry: RetryPolicy,
-    /// A fetch running longer than this is stuck (HTTP timeout + grace).
+    /// A fetch running longer than this is stuck (its bound + grace).
     fetch_limit: Duration,
     /// Delete the files of instances that go away upstream.
     remove_gone: bool,
@@ -124,7 +124,7 @@ impl Agent {
                 sinks,
                 refresh: s.refresh.resolve(&config.defaults.refresh),
                 retry: s.retry.resolve(&config.defaults.retry),
-                fetch_limit: http.timeout + FETCH_GRACE,
+                fetch_limit: s.spec.fetch_bound(http.timeout) + FETCH_GRACE,
                 remove_gone: s.spec.removes_gone_instances(),
             });
         }

@@ -27,6 +27,8 @@ pub enum FetchError {
         /// The issuer's `Retry-After`, honoured by the scheduler.
         retry_after: Option<std::time::Duration>,
     },
+    #[error("command {command} {detail}")]
+    Command { command: String, detail: String },
     #[error("{url} refused: {detail}")]
     Rejected { url: String, detail: String },
     #[error("response from {url} is larger than {limit} bytes")]
@@ -66,6 +68,7 @@ impl FetchError {
             FetchError::Status { .. } => "http_4xx",
             FetchError::TooLarge { .. } => "response_too_large",
             FetchError::Rejected { .. } => "rejected",
+            FetchError::Command { .. } => "command_failed",
             FetchError::InvalidResponse { .. } => "invalid_response",
             FetchError::ExpiredOnArrival { .. } => "expired_on_arrival",
         }
@@ -83,6 +86,7 @@ impl FetchError {
         "http_4xx",
         "response_too_large",
         "rejected",
+        "command_failed",
         "invalid_response",
         "expired_on_arrival",
     ];

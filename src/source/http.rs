@@ -1,237 +1,160 @@
-//! The HTTP client shared by HTTP-based sources: one rustls provider, optional extra CA and
-//! client certificate, proxies from the environment, a per-request timeout and a capped body.
+//! `kind: http` — any token endpoint, described by templates: method, URL, headers and body
+//! are rendered from named credentials (`{{ secret("name") }}`, `{{ basic("id", "pw") }}`),
+//! and the answer is read as JSON (pointers) or as plain text.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::client::{self, HttpClients};
 use super::error::FetchError;
+use super::response::{self, ResponseMapping};
+use super::BuildError;
 use crate::config::HttpSettings;
+use crate::redact::url_for_display;
+use crate::secret::SecretRef;
+use crate::template::Templates;
+use crate::token::Token;
 
-/// Largest response body read from an issuer.
-pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH"];
 
-/// Why an HTTP client could not be built from the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBuildError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no usable PEM certificate: {detail}")]
-    Certificate { path: PathBuf, detail: String },
-    #[error("client_cert/client_key: {detail}")]
-    Identity { detail: String },
-    #[error("cannot build HTTP client: {0}")]
-    Build(String),
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// URL template.
+    pub url: String,
+    /// Header templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template (sent as is; set `Content-Type` in `headers`).
+    pub body: Option<String>,
+    /// Credentials the templates may use, by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    #[serde(default)]
+    pub response: ResponseMapping,
+    /// Lifetime to assume when the answer and the token carry no expiry.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
 }
 
-/// Clients keyed by their TLS material, so thousands of sources share a handful of
-/// connection pools instead of one each.
-#[derive(Default)]
-pub struct HttpClients {
-    by_tls: Mutex<HashMap<TlsFiles, reqwest::Client>>,
+fn default_method() -> String {
+    "POST".into()
 }
 
-/// `(ca_file, client_cert, client_key)`: what makes two clients differ.
-type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
-
-impl HttpClients {
-    pub fn get(&self, settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildError> {
-        let key = (
-            settings.ca_file.clone(),
-            settings.client_cert.clone(),
-            settings.client_key.clone(),
-        );
-        let mut cache = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = cache.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = build_client(settings)?;
-        cache.insert(key, client.clone());
-        Ok(client)
+impl HttpSourceConfig {
+    fn secret_names(&self) -> Vec<&str> {
+        self.secrets.keys().map(String::as_str).collect()
     }
-}
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, ClientBuildError> {
-    std::fs::read(path).map_err(|source| ClientBuildError::Read {
-        path: path.clone(),
-        source,
-    })
-}
+    /// Every template with its field name.
+    fn templates(&self) -> Vec<(String, &str)> {
+        let mut all = vec![("url".to_owned(), self.url.as_str())];
+        all.extend(self.headers.iter().map(|(k, v)| (format!("headers.{k}"), v.as_str())));
+        if let Some(body) = &self.body {
+            all.push(("body".into(), body));
+        }
+        all
+    }
 
-fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildError> {
-    crate::install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .user_agent(concat!("token-agent/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(settings.timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(ca) = &settings.ca_file {
-        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
-            ClientBuildError::Certificate {
-                path: ca.clone(),
-                detail: e.to_string(),
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !METHODS.contains(&self.method.as_str()) {
+            problems.push(("method".into(), format!("`{}` is not one of {}", self.method, METHODS.join(", "))));
+        }
+        let templates = Templates::new();
+        for (field, source) in self.templates() {
+            if let Err(e) = templates.check(&field, source, &self.secret_names(), &[]) {
+                problems.push((field, e.message));
             }
-        })?;
-        if certs.is_empty() {
-            return Err(ClientBuildError::Certificate {
-                path: ca.clone(),
-                detail: "no certificate found".into(),
-            });
         }
-        builder = builder.tls_certs_merge(certs);
+        match self.display_url(&templates) {
+            Ok(_) => {}
+            Err(message) => problems.push(("url".into(), message)),
+        }
+        for name in self.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push((format!("headers.{name}"), "not a valid HTTP header name".into()));
+            }
+        }
+        if self.body.is_some() && self.method == "GET" {
+            problems.push(("body".into(), "a GET request has no body".into()));
+        }
+        for (field, message) in self.response.check() {
+            problems.push((format!("response.{field}"), message));
+        }
+        problems
     }
-    match (&settings.client_cert, &settings.client_key) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read(cert)?;
-            pem.push(b'\n');
-            pem.extend(read(key)?);
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| ClientBuildError::Identity {
-                    detail: e.to_string(),
-                })?;
-            builder = builder.identity(identity);
+
+    /// The URL with every secret shown as `<secret>`, without query: what logs may show.
+    fn display_url(&self, templates: &Templates) -> Result<String, String> {
+        let masked: BTreeMap<String, String> = self.secrets.keys().map(|k| (k.clone(), "secret".to_owned())).collect();
+        let rendered = templates.render("url", &self.url, &masked, &BTreeMap::new()).map_err(|e| e.message)?;
+        let url = url::Url::parse(&rendered).map_err(|e| format!("not a URL once rendered: {e}"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("scheme `{}` is not http or https", url.scheme()));
         }
-        (None, None) => {}
-        _ => {
-            return Err(ClientBuildError::Identity {
-                detail: "give both or neither".into(),
-            });
-        }
+        Ok(url_for_display(&url))
     }
-    builder
-        .build()
-        .map_err(|e| ClientBuildError::Build(e.to_string()))
+
+    pub fn inline_secrets(&self) -> Vec<String> {
+        self.secrets.iter().filter(|(_, r)| r.is_inline()).map(|(k, _)| format!("secrets.{k}")).collect()
+    }
+
+    pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<HttpSource, BuildError> {
+        let templates = Templates::new();
+        let display_url = self.display_url(&templates).map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).map_err(|e| BuildError::Invalid(format!("method: {e}")))?;
+        Ok(HttpSource { client: clients.get(http)?, templates, display_url, method, timeout: http.timeout, config: self.clone() })
+    }
 }
 
-/// A response read in full (up to [`MAX_RESPONSE_BYTES`]).
-pub struct Reply {
-    pub status: u16,
-    pub body: Vec<u8>,
-    /// `Retry-After` (seconds or an HTTP date), capped at an hour.
-    pub retry_after: Option<Duration>,
-}
-
-/// Sends `request`, classifying transport failures, and reads at most [`MAX_RESPONSE_BYTES`].
-pub async fn send(
-    request: reqwest::RequestBuilder,
-    url: &str,
+pub struct HttpSource {
+    client: reqwest::Client,
+    templates: Templates,
+    display_url: String,
+    method: reqwest::Method,
     timeout: Duration,
-) -> Result<Reply, FetchError> {
-    let mut response = request
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| classify(e, url, timeout))?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(FetchError::TooLarge {
-            url: url.to_owned(),
-            limit: MAX_RESPONSE_BYTES,
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| classify(e, url, timeout))?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(FetchError::TooLarge {
-                url: url.to_owned(),
-                limit: MAX_RESPONSE_BYTES,
+    config: HttpSourceConfig,
+}
+
+impl HttpSource {
+    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+        let c = &self.config;
+        let mut secrets = BTreeMap::new();
+        for (name, reference) in &c.secrets {
+            secrets.insert(name.clone(), reference.load()?.expose_secret().to_owned());
+        }
+        let render = |field: &str, source: &str| {
+            self.templates
+                .render(field, source, &secrets, &BTreeMap::new())
+                .map_err(|e| FetchError::Request { url: self.display_url.clone(), detail: e.to_string() })
+        };
+        let url = render("url", &c.url)?;
+        let mut request = self.client.request(self.method.clone(), url.as_str());
+        for (name, source) in &c.headers {
+            let mut value = reqwest::header::HeaderValue::from_str(&render(&format!("headers.{name}"), source)?)
+                .map_err(|_| FetchError::Request { url: self.display_url.clone(), detail: format!("header `{name}` renders to an invalid value") })?;
+            value.set_sensitive(true);
+            request = request.header(name.as_str(), value);
+        }
+        if let Some(body) = &c.body {
+            request = request.body(render("body", body)?);
+        }
+        let reply = client::send(request, &self.display_url, self.timeout).await?;
+        if !(200..300).contains(&reply.status) {
+            let values: Vec<&str> = secrets.values().map(String::as_str).collect();
+            return Err(FetchError::Status {
+                url: self.display_url.clone(),
+                status: reply.status,
+                remote: response::describe_error_body(&reply.body, &values),
+                retry_after: reply.retry_after,
             });
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Reply {
-        status,
-        body,
-        retry_after,
-    })
-}
-
-/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`, capped at one hour.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let wait = match value.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value.trim())
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(wait.min(Duration::from_secs(3600)))
-}
-
-/// Turns a reqwest error into a [`FetchError`] without its URL (which may carry a query
-/// string) and with its cause chain spelled out.
-fn classify(error: reqwest::Error, url: &str, timeout: Duration) -> FetchError {
-    let url = url.to_owned();
-    if error.is_timeout() {
-        return FetchError::Timeout { url, timeout };
-    }
-    let error = error.without_url();
-    let detail = cause_chain(&error);
-    let is_tls = {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        let mut found = false;
-        while let Some(c) = cause {
-            if c.downcast_ref::<rustls::Error>().is_some() {
-                found = true;
-            }
-            cause = c.source();
-        }
-        found || detail.contains("certificate") || detail.contains("tls handshake")
-    };
-    if is_tls {
-        FetchError::Tls { url, detail }
-    } else if error.is_connect() {
-        FetchError::Connect { url, detail }
-    } else {
-        FetchError::Request { url, detail }
-    }
-}
-
-/// `outer: inner: innermost`, skipping repeated messages.
-pub fn cause_chain(error: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![error.to_string()];
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cause = c.source();
-    }
-    parts.join(": ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("99999"), Some(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
-        let got = parse_retry_after(&later).unwrap().as_secs();
-        assert!((88..=90).contains(&got), "{got}");
-        assert_eq!(parse_retry_after("soon"), None);
+        response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)
     }
 }

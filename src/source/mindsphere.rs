@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::FetchError;
-use super::http::{self, HttpClients};
+use super::client::{self, HttpClients};
 use super::response::{self, check_token_text};
 use super::{BuildError, Fetch, FetchContext, InstanceOutcome, jwt};
 use crate::config::HttpSettings;
@@ -257,7 +257,7 @@ impl MindSphereSource {
             .header("X-SPACE-AUTH-KEY", key)
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&body);
-        let reply = http::send(request, &shown, self.timeout).await?;
+        let reply = client::send(request, &shown, self.timeout).await?;
         Ok((self.json(credentials, reply, &shown)?, shown))
     }
 
@@ -265,7 +265,7 @@ impl MindSphereSource {
     fn json(
         &self,
         credentials: &Credentials,
-        reply: http::Reply,
+        reply: client::Reply,
         shown: &str,
     ) -> Result<Value, FetchError> {
         if !(200..300).contains(&reply.status) {
@@ -342,7 +342,7 @@ impl MindSphereSource {
                 .get(url)
                 .bearer_auth(operator.secret())
                 .header(reqwest::header::ACCEPT, "application/json");
-            let reply = http::send(request, &shown, self.timeout).await?;
+            let reply = client::send(request, &shown, self.timeout).await?;
             if reply.status == 401 {
                 // The operator token was revoked or has expired early: fetch a new one next time.
                 *self

@@ -3,6 +3,8 @@
 //! Adding a kind means one file here and one arm in [`SourceSpec`] and [`Source`].
 
 pub mod error;
+pub mod exec;
+pub mod client;
 pub mod http;
 pub mod jwt;
 pub mod mindsphere;
@@ -19,7 +21,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 pub use self::error::FetchError;
-use self::http::{ClientBuildError, HttpClients};
+use self::client::{ClientBuildError, HttpClients};
 use crate::config::HttpSettings;
 use crate::token::Token;
 
@@ -30,6 +32,8 @@ pub enum SourceSpec {
     Oauth2(oauth2::OAuth2Config),
     Mindsphere(mindsphere::MindSphereConfig),
     OdinOa(odin::OdinConfig),
+    Http(http::HttpSourceConfig),
+    Exec(exec::ExecConfig),
 }
 
 /// Why a source could not be built from a checked configuration (files it refers to).
@@ -48,6 +52,8 @@ impl SourceSpec {
             SourceSpec::Oauth2(_) => "oauth2",
             SourceSpec::Mindsphere(_) => "mindsphere",
             SourceSpec::OdinOa(_) => "odin_oa",
+            SourceSpec::Http(_) => "http",
+            SourceSpec::Exec(_) => "exec",
         }
     }
 
@@ -57,6 +63,8 @@ impl SourceSpec {
             SourceSpec::Oauth2(c) => c.check(),
             SourceSpec::Mindsphere(c) => c.check(),
             SourceSpec::OdinOa(c) => c.check(),
+            SourceSpec::Http(c) => c.check(),
+            SourceSpec::Exec(c) => c.check(),
         }
     }
 
@@ -64,26 +72,40 @@ impl SourceSpec {
     /// must contain `{tenant}`.
     pub fn is_multi_instance(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) => false,
+            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) | SourceSpec::Http(_) | SourceSpec::Exec(_) => false,
             SourceSpec::Mindsphere(c) => c.is_multi_instance(),
+        }
+    }
+
+    /// The longest one fetch may legitimately take, given the HTTP timeout of one request:
+    /// `/healthz` reports a fetch running past this (plus a grace) as stuck.
+    pub fn fetch_bound(&self, http_timeout: std::time::Duration) -> std::time::Duration {
+        match self {
+            SourceSpec::Exec(c) => c.timeout,
+            // Discovery and batches: many requests in one fetch.
+            SourceSpec::Mindsphere(c) if c.is_multi_instance() => http_timeout * 64,
+            _ => http_timeout,
         }
     }
 
     /// Whether the files of an instance that goes away upstream are deleted.
     pub fn removes_gone_instances(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) => true,
+            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) | SourceSpec::Http(_) | SourceSpec::Exec(_) => true,
             SourceSpec::Mindsphere(c) => c.on_removed == mindsphere::OnRemoved::Delete,
         }
     }
 
     /// Field names of credentials written inline in the YAML.
-    pub fn inline_secrets(&self) -> Vec<&'static str> {
-        match self {
+    pub fn inline_secrets(&self) -> Vec<String> {
+        let fields = match self {
             SourceSpec::Oauth2(c) => c.inline_secrets(),
             SourceSpec::Mindsphere(c) => c.inline_secrets(),
             SourceSpec::OdinOa(c) => c.inline_secrets(),
-        }
+            SourceSpec::Http(c) => return c.inline_secrets(),
+            SourceSpec::Exec(c) => return c.inline_secrets(),
+        };
+        fields.into_iter().map(String::from).collect()
     }
 
     pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<Source, BuildError> {
@@ -91,6 +113,8 @@ impl SourceSpec {
             SourceSpec::Oauth2(c) => Source::OAuth2(Box::new(c.build(http, clients)?)),
             SourceSpec::Mindsphere(c) => Source::MindSphere(Box::new(c.build(http, clients)?)),
             SourceSpec::OdinOa(c) => Source::Odin(Box::new(c.build(http, clients)?)),
+            SourceSpec::Http(c) => Source::Http(Box::new(c.build(http, clients)?)),
+            SourceSpec::Exec(c) => Source::Exec(c.build()),
         })
     }
 }
@@ -137,6 +161,8 @@ pub enum Source {
     OAuth2(Box<oauth2::OAuth2Source>),
     MindSphere(Box<mindsphere::MindSphereSource>),
     Odin(Box<odin::OdinSource>),
+    Http(Box<http::HttpSource>),
+    Exec(exec::ExecSource),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -149,6 +175,8 @@ impl Source {
             Source::OAuth2(s) => s.fetch(ctx.now).await.map(Fetch::single),
             Source::MindSphere(s) => s.fetch(ctx).await,
             Source::Odin(s) => s.fetch(ctx.now).await.map(Fetch::single),
+            Source::Http(s) => s.fetch(ctx.now).await.map(Fetch::single),
+            Source::Exec(s) => s.fetch(ctx.now).await.map(Fetch::single),
             #[cfg(test)]
             Source::Scripted(s) => s.fetch(ctx.now).await.map(Fetch::single),
         }

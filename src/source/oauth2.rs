@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::BuildError;
 use super::error::FetchError;
-use super::http::{self, HttpClients};
+use super::client::{self, HttpClients};
 use super::response::{self, ResponseMapping};
 use crate::config::HttpSettings;
 use crate::redact::url_for_display;
@@ -236,7 +236,7 @@ impl OAuth2Source {
             request = request.header(name.as_str(), value.as_str());
         }
 
-        let reply = http::send(request, &self.display_url, self.timeout).await?;
+        let reply = client::send(request, &self.display_url, self.timeout).await?;
         let secrets: Vec<&str> = [&client_id, &client_secret]
             .into_iter()
             .flatten()
@@ -250,7 +250,7 @@ impl OAuth2Source {
                 retry_after: reply.retry_after,
             });
         }
-        response::token_from_json(&reply.body, &c.response, c.ttl, now(), &self.display_url)
+        response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::BuildError;
 use super::error::FetchError;
-use super::http::{self, HttpClients};
+use super::client::{self, HttpClients};
 use super::response::check_token_text;
 use super::xmlrpc::{self, Value};
 use crate::config::HttpSettings;
@@ -161,7 +161,7 @@ impl OdinSource {
             request = request.header(reqwest::header::AUTHORIZATION, value);
             secrets = vec![user, password];
         }
-        let reply = http::send(request, &self.shown, self.timeout).await?;
+        let reply = client::send(request, &self.shown, self.timeout).await?;
         let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
         let invalid = |detail: String| FetchError::InvalidResponse {
             url: self.shown.clone(),

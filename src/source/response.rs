@@ -14,10 +14,22 @@ use crate::token::Token;
 /// Longest token accepted.
 const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
+/// How the answer is read: JSON with pointers, or the whole body as the token.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    Json,
+    /// The body, trimmed, is the token; expiry from its JWT `exp` or `ttl`.
+    Text,
+}
+
 /// Where the fields are in a JSON response, as JSON pointers (RFC 6901).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseMapping {
+    #[serde(default)]
+    pub format: ResponseFormat,
     /// The token (default `/access_token`).
     #[serde(default = "default_token_pointer")]
     pub token: String,
@@ -48,6 +60,7 @@ fn default_token_type_pointer() -> String {
 impl Default for ResponseMapping {
     fn default() -> Self {
         ResponseMapping {
+            format: ResponseFormat::Json,
             token: default_token_pointer(),
             expires_in: default_expires_in_pointer(),
             expires_at: default_expires_at_pointer(),
@@ -77,6 +90,28 @@ impl ResponseMapping {
         })
         .collect()
     }
+}
+
+/// Builds a token from a successful answer in the configured format.
+pub fn token_from_body(body: &[u8], mapping: &ResponseMapping, ttl: Option<Duration>, now: SystemTime, url: &str) -> Result<Token, FetchError> {
+    match mapping.format {
+        ResponseFormat::Json => token_from_json(body, mapping, ttl, now, url),
+        ResponseFormat::Text => token_from_text(body, ttl, now, url),
+    }
+}
+
+/// The whole body (trimmed) is the token.
+fn token_from_text(body: &[u8], ttl: Option<Duration>, now: SystemTime, url: &str) -> Result<Token, FetchError> {
+    let invalid = |detail: String| FetchError::InvalidResponse { url: url.to_owned(), detail };
+    let value = std::str::from_utf8(body).map_err(|_| invalid("body is not UTF-8 text".into()))?.trim();
+    check_token_text(value).map_err(invalid)?;
+    let expires_at = jwt::expiry(value)
+        .or_else(|| ttl.map(|t| now + t))
+        .ok_or_else(|| invalid("no expiry: the token is not a JWT with `exp` and no `ttl` is configured".into()))?;
+    if expires_at <= now {
+        return Err(FetchError::ExpiredOnArrival { url: url.to_owned(), expires_at: humantime::format_rfc3339_seconds(expires_at).to_string() });
+    }
+    Ok(Token::new(value.into(), "Bearer".into(), now, expires_at))
 }
 
 /// Builds a token from a successful JSON response.
@@ -321,6 +356,16 @@ mod tests {
         assert_eq!(err.reason(), "expired_on_arrival");
         let err = parse(r#"{"access_token":"a","expires_in":0}"#, None).unwrap_err();
         assert_eq!(err.reason(), "expired_on_arrival");
+    }
+
+    #[test]
+    fn text_bodies() {
+        let text = ResponseMapping { format: ResponseFormat::Text, ..Default::default() };
+        let t = token_from_body(b"  opaque-token\n", &text, Some(Duration::from_secs(60)), now(), URL).unwrap();
+        assert_eq!((t.secret(), t.expires_at), ("opaque-token", now() + Duration::from_secs(60)));
+        assert!(token_from_body(b"opaque", &text, None, now(), URL).unwrap_err().to_string().contains("no expiry"));
+        assert!(token_from_body(b"  \n", &text, Some(Duration::from_secs(1)), now(), URL).unwrap_err().to_string().contains("empty"));
+        assert!(token_from_body(&[0xff, 0xfe], &text, Some(Duration::from_secs(1)), now(), URL).unwrap_err().to_string().contains("UTF-8"));
     }
 
     #[test]
