@@ -8,6 +8,7 @@ pub mod error;
 pub mod locate;
 pub mod mode;
 pub mod percent;
+pub mod scalar;
 mod validate;
 
 use std::net::SocketAddr;

@@ -25,6 +25,7 @@ const MAX_STDERR_BYTES: usize = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
     /// Program and arguments. With `shell: true`, one string run by `/bin/sh -c`.
+    #[serde(deserialize_with = "crate::config::scalar::strings")]
     pub command: Vec<String>,
     #[serde(default)]
     pub shell: bool,
@@ -59,8 +60,13 @@ impl ExecConfig {
         match (self.command.as_slice(), self.shell) {
             ([], _) => problems.push(("command".into(), "must name a program".into())),
             ([_], true) => {}
-            (_, true) => problems.push(("command".into(), "with `shell: true`, give one string for /bin/sh -c".into())),
-            ([program, ..], false) if program.is_empty() => problems.push(("command".into(), "must name a program".into())),
+            (_, true) => problems.push((
+                "command".into(),
+                "with `shell: true`, give one string for /bin/sh -c".into(),
+            )),
+            ([program, ..], false) if program.is_empty() => {
+                problems.push(("command".into(), "must name a program".into()))
+            }
             _ => {}
         }
         if self.timeout.is_zero() {
@@ -81,7 +87,12 @@ impl ExecConfig {
     }
 
     pub fn inline_secrets(&self) -> Vec<String> {
-        let mut fields: Vec<String> = self.secret_env.iter().filter(|(_, r)| r.is_inline()).map(|(k, _)| format!("secret_env.{k}")).collect();
+        let mut fields: Vec<String> = self
+            .secret_env
+            .iter()
+            .filter(|(_, r)| r.is_inline())
+            .map(|(k, _)| format!("secret_env.{k}"))
+            .collect();
         if self.stdin.as_ref().is_some_and(SecretRef::is_inline) {
             fields.push("stdin".into());
         }
@@ -89,8 +100,15 @@ impl ExecConfig {
     }
 
     pub fn build(&self) -> ExecSource {
-        let shown = if self.shell { "/bin/sh -c …".to_owned() } else { self.command.first().cloned().unwrap_or_default() };
-        ExecSource { config: self.clone(), shown }
+        let shown = if self.shell {
+            "/bin/sh -c …".to_owned()
+        } else {
+            self.command.first().cloned().unwrap_or_default()
+        };
+        ExecSource {
+            config: self.clone(),
+            shown,
+        }
     }
 }
 
@@ -107,14 +125,24 @@ impl ExecSource {
         let (program, args): (&str, Vec<&str>) = if c.shell {
             ("/bin/sh", vec!["-c", c.command[0].as_str()])
         } else {
-            (c.command[0].as_str(), c.command[1..].iter().map(String::as_str).collect())
+            (
+                c.command[0].as_str(),
+                c.command[1..].iter().map(String::as_str).collect(),
+            )
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
             .envs(&c.env)
-            .stdin(if c.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if c.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -127,8 +155,13 @@ impl ExecSource {
         if let Some(v) = &stdin_value {
             secrets.push(v.expose_secret().to_owned());
         }
-        let failed = |detail: String| FetchError::Command { command: self.shown.clone(), detail };
-        let mut child = cmd.spawn().map_err(|e| failed(format!("cannot start: {e}")))?;
+        let failed = |detail: String| FetchError::Command {
+            command: self.shown.clone(),
+            detail,
+        };
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("cannot start: {e}")))?;
 
         let run = async {
             if let (Some(mut pipe), Some(value)) = (child.stdin.take(), &stdin_value) {
@@ -141,12 +174,18 @@ impl ExecSource {
             let err = child.stderr.take();
             let read_out = async {
                 if let Some(out) = out {
-                    let _ = out.take(MAX_RESPONSE_BYTES as u64 + 1).read_to_end(&mut stdout).await;
+                    let _ = out
+                        .take(MAX_RESPONSE_BYTES as u64 + 1)
+                        .read_to_end(&mut stdout)
+                        .await;
                 }
             };
             let read_err = async {
                 if let Some(err) = err {
-                    let _ = err.take(MAX_STDERR_BYTES as u64).read_to_end(&mut stderr).await;
+                    let _ = err
+                        .take(MAX_STDERR_BYTES as u64)
+                        .read_to_end(&mut stderr)
+                        .await;
                 }
             };
             tokio::join!(read_out, read_err);
@@ -155,18 +194,34 @@ impl ExecSource {
         };
         let (status, stdout, stderr) = match tokio::time::timeout(c.timeout, run).await {
             Ok(done) => done,
-            Err(_) => return Err(FetchError::Timeout { url: self.shown.clone(), timeout: c.timeout }),
+            Err(_) => {
+                return Err(FetchError::Timeout {
+                    url: self.shown.clone(),
+                    timeout: c.timeout,
+                });
+            }
         };
+        // Checked first: the command dies of SIGPIPE once the agent stops reading.
+        if stdout.len() > MAX_RESPONSE_BYTES {
+            return Err(FetchError::TooLarge {
+                url: self.shown.clone(),
+                limit: MAX_RESPONSE_BYTES,
+            });
+        }
         let status = status.map_err(|e| failed(format!("cannot wait for it: {e}")))?;
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         if !status.success() {
             let said = String::from_utf8_lossy(&stderr);
             let said = scrub(said.trim(), &secret_refs);
-            let how = status.code().map_or_else(|| "was killed by a signal".to_owned(), |code| format!("exited with {code}"));
-            return Err(failed(if said.is_empty() { how } else { format!("{how}: {said}") }));
-        }
-        if stdout.len() > MAX_RESPONSE_BYTES {
-            return Err(FetchError::TooLarge { url: self.shown.clone(), limit: MAX_RESPONSE_BYTES });
+            let how = status.code().map_or_else(
+                || "was killed by a signal".to_owned(),
+                |code| format!("exited with {code}"),
+            );
+            return Err(failed(if said.is_empty() {
+                how
+            } else {
+                format!("{how}: {said}")
+            }));
         }
         response::token_from_body(&stdout, &c.response, c.ttl, now(), &self.shown)
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::BuildError;
 use super::client::{self, HttpClients};
 use super::error::FetchError;
 use super::response::{self, ResponseMapping};
-use super::BuildError;
 use crate::config::HttpSettings;
 use crate::redact::url_for_display;
 use crate::secret::SecretRef;
@@ -54,7 +54,11 @@ impl HttpSourceConfig {
     /// Every template with its field name.
     fn templates(&self) -> Vec<(String, &str)> {
         let mut all = vec![("url".to_owned(), self.url.as_str())];
-        all.extend(self.headers.iter().map(|(k, v)| (format!("headers.{k}"), v.as_str())));
+        all.extend(
+            self.headers
+                .iter()
+                .map(|(k, v)| (format!("headers.{k}"), v.as_str())),
+        );
         if let Some(body) = &self.body {
             all.push(("body".into(), body));
         }
@@ -64,7 +68,10 @@ impl HttpSourceConfig {
     pub fn check(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if !METHODS.contains(&self.method.as_str()) {
-            problems.push(("method".into(), format!("`{}` is not one of {}", self.method, METHODS.join(", "))));
+            problems.push((
+                "method".into(),
+                format!("`{}` is not one of {}", self.method, METHODS.join(", ")),
+            ));
         }
         let templates = Templates::new();
         for (field, source) in self.templates() {
@@ -78,7 +85,10 @@ impl HttpSourceConfig {
         }
         for name in self.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                problems.push((format!("headers.{name}"), "not a valid HTTP header name".into()));
+                problems.push((
+                    format!("headers.{name}"),
+                    "not a valid HTTP header name".into(),
+                ));
             }
         }
         if self.body.is_some() && self.method == "GET" {
@@ -92,9 +102,16 @@ impl HttpSourceConfig {
 
     /// The URL with every secret shown as `<secret>`, without query: what logs may show.
     fn display_url(&self, templates: &Templates) -> Result<String, String> {
-        let masked: BTreeMap<String, String> = self.secrets.keys().map(|k| (k.clone(), "secret".to_owned())).collect();
-        let rendered = templates.render("url", &self.url, &masked, &BTreeMap::new()).map_err(|e| e.message)?;
-        let url = url::Url::parse(&rendered).map_err(|e| format!("not a URL once rendered: {e}"))?;
+        let masked: BTreeMap<String, String> = self
+            .secrets
+            .keys()
+            .map(|k| (k.clone(), "secret".to_owned()))
+            .collect();
+        let rendered = templates
+            .render("url", &self.url, &masked, &BTreeMap::new())
+            .map_err(|e| e.message)?;
+        let url =
+            url::Url::parse(&rendered).map_err(|e| format!("not a URL once rendered: {e}"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(format!("scheme `{}` is not http or https", url.scheme()));
         }
@@ -102,14 +119,32 @@ impl HttpSourceConfig {
     }
 
     pub fn inline_secrets(&self) -> Vec<String> {
-        self.secrets.iter().filter(|(_, r)| r.is_inline()).map(|(k, _)| format!("secrets.{k}")).collect()
+        self.secrets
+            .iter()
+            .filter(|(_, r)| r.is_inline())
+            .map(|(k, _)| format!("secrets.{k}"))
+            .collect()
     }
 
-    pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<HttpSource, BuildError> {
+    pub fn build(
+        &self,
+        http: &HttpSettings,
+        clients: &HttpClients,
+    ) -> Result<HttpSource, BuildError> {
         let templates = Templates::new();
-        let display_url = self.display_url(&templates).map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
-        let method = reqwest::Method::from_bytes(self.method.as_bytes()).map_err(|e| BuildError::Invalid(format!("method: {e}")))?;
-        Ok(HttpSource { client: clients.get(http)?, templates, display_url, method, timeout: http.timeout, config: self.clone() })
+        let display_url = self
+            .display_url(&templates)
+            .map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
+        let method = reqwest::Method::from_bytes(self.method.as_bytes())
+            .map_err(|e| BuildError::Invalid(format!("method: {e}")))?;
+        Ok(HttpSource {
+            client: clients.get(http)?,
+            templates,
+            display_url,
+            method,
+            timeout: http.timeout,
+            config: self.clone(),
+        })
     }
 }
 
@@ -132,13 +167,22 @@ impl HttpSource {
         let render = |field: &str, source: &str| {
             self.templates
                 .render(field, source, &secrets, &BTreeMap::new())
-                .map_err(|e| FetchError::Request { url: self.display_url.clone(), detail: e.to_string() })
+                .map_err(|e| FetchError::Request {
+                    url: self.display_url.clone(),
+                    detail: e.to_string(),
+                })
         };
         let url = render("url", &c.url)?;
         let mut request = self.client.request(self.method.clone(), url.as_str());
         for (name, source) in &c.headers {
-            let mut value = reqwest::header::HeaderValue::from_str(&render(&format!("headers.{name}"), source)?)
-                .map_err(|_| FetchError::Request { url: self.display_url.clone(), detail: format!("header `{name}` renders to an invalid value") })?;
+            let mut value = reqwest::header::HeaderValue::from_str(&render(
+                &format!("headers.{name}"),
+                source,
+            )?)
+            .map_err(|_| FetchError::Request {
+                url: self.display_url.clone(),
+                detail: format!("header `{name}` renders to an invalid value"),
+            })?;
             value.set_sensitive(true);
             request = request.header(name.as_str(), value);
         }

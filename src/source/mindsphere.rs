@@ -16,8 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::FetchError;
 use super::client::{self, HttpClients};
+use super::error::FetchError;
 use super::response::{self, check_token_text};
 use super::{BuildError, Fetch, FetchContext, InstanceOutcome, jwt};
 use crate::config::HttpSettings;
@@ -47,7 +47,7 @@ pub struct MindSphereConfig {
     /// One user tenant (single token).
     pub user_tenant: Option<String>,
     /// A fixed list of user tenants (one token each).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::scalar::strings")]
     pub user_tenants: Vec<String>,
     /// Every tenant that authorized the app (one token each), discovered on every refresh.
     #[serde(default)]

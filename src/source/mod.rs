@@ -2,9 +2,9 @@
 //!
 //! Adding a kind means one file here and one arm in [`SourceSpec`] and [`Source`].
 
+pub mod client;
 pub mod error;
 pub mod exec;
-pub mod client;
 pub mod http;
 pub mod jwt;
 pub mod mindsphere;
@@ -20,8 +20,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-pub use self::error::FetchError;
 use self::client::{ClientBuildError, HttpClients};
+pub use self::error::FetchError;
 use crate::config::HttpSettings;
 use crate::token::Token;
 
@@ -72,7 +72,10 @@ impl SourceSpec {
     /// must contain `{tenant}`.
     pub fn is_multi_instance(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) | SourceSpec::Http(_) | SourceSpec::Exec(_) => false,
+            SourceSpec::Oauth2(_)
+            | SourceSpec::OdinOa(_)
+            | SourceSpec::Http(_)
+            | SourceSpec::Exec(_) => false,
             SourceSpec::Mindsphere(c) => c.is_multi_instance(),
         }
     }
@@ -91,7 +94,10 @@ impl SourceSpec {
     /// Whether the files of an instance that goes away upstream are deleted.
     pub fn removes_gone_instances(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_) | SourceSpec::OdinOa(_) | SourceSpec::Http(_) | SourceSpec::Exec(_) => true,
+            SourceSpec::Oauth2(_)
+            | SourceSpec::OdinOa(_)
+            | SourceSpec::Http(_)
+            | SourceSpec::Exec(_) => true,
             SourceSpec::Mindsphere(c) => c.on_removed == mindsphere::OnRemoved::Delete,
         }
     }
@@ -114,7 +120,7 @@ impl SourceSpec {
             SourceSpec::Mindsphere(c) => Source::MindSphere(Box::new(c.build(http, clients)?)),
             SourceSpec::OdinOa(c) => Source::Odin(Box::new(c.build(http, clients)?)),
             SourceSpec::Http(c) => Source::Http(Box::new(c.build(http, clients)?)),
-            SourceSpec::Exec(c) => Source::Exec(c.build()),
+            SourceSpec::Exec(c) => Source::Exec(Box::new(c.build())),
         })
     }
 }
@@ -162,7 +168,7 @@ pub enum Source {
     MindSphere(Box<mindsphere::MindSphereSource>),
     Odin(Box<odin::OdinSource>),
     Http(Box<http::HttpSource>),
-    Exec(exec::ExecSource),
+    Exec(Box<exec::ExecSource>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }

@@ -10,8 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::BuildError;
-use super::error::FetchError;
 use super::client::{self, HttpClients};
+use super::error::FetchError;
 use super::response::{self, ResponseMapping};
 use crate::config::HttpSettings;
 use crate::redact::url_for_display;

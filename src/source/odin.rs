@@ -14,8 +14,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::BuildError;
-use super::error::FetchError;
 use super::client::{self, HttpClients};
+use super::error::FetchError;
 use super::response::check_token_text;
 use super::xmlrpc::{self, Value};
 use crate::config::HttpSettings;

@@ -93,7 +93,13 @@ impl ResponseMapping {
 }
 
 /// Builds a token from a successful answer in the configured format.
-pub fn token_from_body(body: &[u8], mapping: &ResponseMapping, ttl: Option<Duration>, now: SystemTime, url: &str) -> Result<Token, FetchError> {
+pub fn token_from_body(
+    body: &[u8],
+    mapping: &ResponseMapping,
+    ttl: Option<Duration>,
+    now: SystemTime,
+    url: &str,
+) -> Result<Token, FetchError> {
     match mapping.format {
         ResponseFormat::Json => token_from_json(body, mapping, ttl, now, url),
         ResponseFormat::Text => token_from_text(body, ttl, now, url),
@@ -101,15 +107,32 @@ pub fn token_from_body(body: &[u8], mapping: &ResponseMapping, ttl: Option<Durat
 }
 
 /// The whole body (trimmed) is the token.
-fn token_from_text(body: &[u8], ttl: Option<Duration>, now: SystemTime, url: &str) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::InvalidResponse { url: url.to_owned(), detail };
-    let value = std::str::from_utf8(body).map_err(|_| invalid("body is not UTF-8 text".into()))?.trim();
+fn token_from_text(
+    body: &[u8],
+    ttl: Option<Duration>,
+    now: SystemTime,
+    url: &str,
+) -> Result<Token, FetchError> {
+    let invalid = |detail: String| FetchError::InvalidResponse {
+        url: url.to_owned(),
+        detail,
+    };
+    let value = std::str::from_utf8(body)
+        .map_err(|_| invalid("body is not UTF-8 text".into()))?
+        .trim();
     check_token_text(value).map_err(invalid)?;
     let expires_at = jwt::expiry(value)
         .or_else(|| ttl.map(|t| now + t))
-        .ok_or_else(|| invalid("no expiry: the token is not a JWT with `exp` and no `ttl` is configured".into()))?;
+        .ok_or_else(|| {
+            invalid(
+                "no expiry: the token is not a JWT with `exp` and no `ttl` is configured".into(),
+            )
+        })?;
     if expires_at <= now {
-        return Err(FetchError::ExpiredOnArrival { url: url.to_owned(), expires_at: humantime::format_rfc3339_seconds(expires_at).to_string() });
+        return Err(FetchError::ExpiredOnArrival {
+            url: url.to_owned(),
+            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
+        });
     }
     Ok(Token::new(value.into(), "Bearer".into(), now, expires_at))
 }
@@ -360,12 +383,46 @@ mod tests {
 
     #[test]
     fn text_bodies() {
-        let text = ResponseMapping { format: ResponseFormat::Text, ..Default::default() };
-        let t = token_from_body(b"  opaque-token\n", &text, Some(Duration::from_secs(60)), now(), URL).unwrap();
-        assert_eq!((t.secret(), t.expires_at), ("opaque-token", now() + Duration::from_secs(60)));
-        assert!(token_from_body(b"opaque", &text, None, now(), URL).unwrap_err().to_string().contains("no expiry"));
-        assert!(token_from_body(b"  \n", &text, Some(Duration::from_secs(1)), now(), URL).unwrap_err().to_string().contains("empty"));
-        assert!(token_from_body(&[0xff, 0xfe], &text, Some(Duration::from_secs(1)), now(), URL).unwrap_err().to_string().contains("UTF-8"));
+        let text = ResponseMapping {
+            format: ResponseFormat::Text,
+            ..Default::default()
+        };
+        let t = token_from_body(
+            b"  opaque-token\n",
+            &text,
+            Some(Duration::from_secs(60)),
+            now(),
+            URL,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.secret(), t.expires_at),
+            ("opaque-token", now() + Duration::from_secs(60))
+        );
+        assert!(
+            token_from_body(b"opaque", &text, None, now(), URL)
+                .unwrap_err()
+                .to_string()
+                .contains("no expiry")
+        );
+        assert!(
+            token_from_body(b"  \n", &text, Some(Duration::from_secs(1)), now(), URL)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        assert!(
+            token_from_body(
+                &[0xff, 0xfe],
+                &text,
+                Some(Duration::from_secs(1)),
+                now(),
+                URL
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8")
+        );
     }
 
     #[test]
