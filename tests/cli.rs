@@ -417,3 +417,107 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
         }
     }
 }
+
+/// The same promise for every kind: mindsphere (all tenants), odin_oa, http and exec, at
+/// trace level, with issuers that echo credentials back in errors.
+#[tokio::test]
+async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
+    use common::mindsphere::{BASE, MindSphere};
+    const OA_TOKEN: &str = "SENTINEL-APS-TOKEN";
+    let mut service = MindSphere::new(&["t1", "t2", "t3"]);
+    service.client_secret = "SENTINEL-MDSP-SECRET";
+    service.lifetime = 3;
+    let mdsp = service.start().await;
+    let odin = Mock::start(|r| {
+        let auth = r.basic_raw().map(|(_, p)| p).unwrap_or_default();
+        let body = format!("<?xml version=\"1.0\"?><methodResponse><params><param><value><struct><member><name>status</name><value><i4>0</i4></value></member><member><name>result</name><value><struct><member><name>aps_token</name><value><string>{OA_TOKEN}-{}</string></value></member></struct></value></member></struct></value></param></params></methodResponse>", auth.len());
+        Reply::text(200, &body)
+    })
+    .await;
+    let http = Mock::start(|r| {
+        let key = r.header("x-api-key").unwrap_or_default().to_owned();
+        Reply::json(401, json!({"error": "invalid_client", "error_description": format!("key {key} is revoked")}))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, value: &str| secret_file(dir.path(), name, value);
+    let mdsp_secret = file("mdsp", "SENTINEL-MDSP-SECRET");
+    let oa_password = file("oa", "SENTINEL-OA-PASSWORD");
+    let http_key = file("key", "SENTINEL-HTTP-KEY");
+    let exec_key = file("exec", "SENTINEL-EXEC-KEY");
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "defaults: {{ file: {{ dir: '{{dir}}' }}, retry: {{ initial: 100ms, max: 200ms }}, refresh: {{ min_interval: 100ms }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n\
+  - {{ name: mdsp, kind: mindsphere, base_url: '{}', client_id: mdsp-client, client_secret: {{ file: '{mdsp_secret}' }}, app_name: a, app_version: '1', host_tenant: hosttenant, all_tenants: true, sinks: [ {{ file: {{ path: 'mdsp/{{tenant}}.token' }} }} ] }}\n\
+  - {{ name: oa, kind: odin_oa, url: '{}', username: u, password: {{ file: '{oa_password}' }}, account_id: 1, ttl: 10s, sinks: [ {{ file: {{ path: oa.token }} }} ] }}\n\
+  - {{ name: web, kind: http, url: \"{}?k={{{{ secret('key') }}}}\", headers: {{ X-Api-Key: \"{{{{ secret('key') }}}}\" }}, secrets: {{ key: {{ file: '{http_key}' }} }}, sinks: [ {{ file: {{ path: web.token }} }} ] }}\n\
+  - {{ name: cmd, kind: exec, shell: true, command: ['printf \"SENTINEL-EXEC-TOKEN-%s\" \"${{#K}}\"; echo \"failed with $K\" >&2'], secret_env: {{ K: {{ file: '{exec_key}' }} }}, response: {{ format: text }}, ttl: 1s, sinks: [ {{ file: {{ path: cmd.token }} }} ] }}\n",
+            mdsp.url(BASE),
+            odin.url("/RPC2"),
+            http.url("/t"),
+        ),
+    );
+    let mut child = agent(&["run", "--config", &config])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let base = format!("http://127.0.0.1:{port}");
+    let tokens = dir.path().join("tokens");
+    wait_for(
+        "tokens of every kind and a failing http source",
+        async || {
+            tokens.join("oa.token").exists()
+                && tokens.join("cmd.token").exists()
+                && tokens.join("mdsp/t3.token").exists()
+                && http.requests().len() >= 3
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
+    let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let printed = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        printed.contains("key <redacted> is revoked"),
+        "the http error was logged, scrubbed"
+    );
+
+    let mut needles: Vec<String> = [
+        "SENTINEL-MDSP-SECRET",
+        "SENTINEL-OA-PASSWORD",
+        "SENTINEL-HTTP-KEY",
+        "SENTINEL-EXEC-KEY",
+        OA_TOKEN,
+        "SENTINEL-EXEC-TOKEN",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for t in ["t1", "t2", "t3"] {
+        needles.push(std::fs::read_to_string(tokens.join(format!("mdsp/{t}.token"))).unwrap());
+    }
+    for (what, body) in [
+        ("output", &printed),
+        ("metrics", &metrics),
+        ("readyz", &ready),
+    ] {
+        for needle in &needles {
+            assert!(
+                !body.contains(needle.as_str()),
+                "{needle} leaked into {what}"
+            );
+        }
+    }
+}

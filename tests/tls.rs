@@ -57,6 +57,22 @@ impl Pki {
 /// An HTTPS server answering every request with a token, optionally demanding a client
 /// certificate signed by `client_ca`.
 async fn https_issuer(server: &Leaf, client_ca: Option<&CertificateDer<'static>>) -> u16 {
+    https_server(
+        server,
+        client_ca,
+        "application/json",
+        r#"{"access_token":"tls-token","expires_in":300}"#,
+    )
+    .await
+}
+
+/// An HTTPS server answering every request with `body`.
+async fn https_server(
+    server: &Leaf,
+    client_ca: Option<&CertificateDer<'static>>,
+    content_type: &'static str,
+    body: &'static str,
+) -> u16 {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -101,9 +117,8 @@ async fn https_issuer(server: &Leaf, client_ca: Option<&CertificateDer<'static>>
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let body = r#"{"access_token":"tls-token","expires_in":300}"#;
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = tls.write_all(reply.as_bytes()).await;
@@ -152,6 +167,67 @@ async fn private_ca_is_trusted_only_when_configured() {
         std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
         "tls-token"
     );
+}
+
+#[tokio::test]
+async fn every_http_kind_trusts_the_private_ca_and_only_it() {
+    let pki = Pki::new();
+    let server = pki.leaf(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let json_port = https_issuer(&server, None).await;
+    const XML: &str = "<?xml version=\"1.0\"?><methodResponse><params><param><value><struct><member><name>status</name><value><i4>0</i4></value></member><member><name>result</name><value><struct><member><name>aps_token</name><value><string>tls-token</string></value></member></struct></value></member></struct></value></param></params></methodResponse>";
+    let xml_port = https_server(&server, None, "text/xml", XML).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &pki.ca.pem());
+    let kinds = [
+        (
+            "mindsphere",
+            json_port,
+            "base_url: 'https://localhost:{port}/api', client_id: c, client_secret: { env: PATH }, app_name: a, app_version: '1', host_tenant: h, user_tenant: u",
+        ),
+        (
+            "odin_oa",
+            xml_port,
+            "url: 'https://localhost:{port}/RPC2', account_id: 1",
+        ),
+        ("http", json_port, "url: 'https://localhost:{port}/token'"),
+    ];
+    for (kind, port, fields) in kinds {
+        for trusted in [false, true] {
+            let sub = tempfile::tempdir().unwrap();
+            let http = if trusted {
+                format!("{{ ca_file: '{ca}' }}")
+            } else {
+                "{}".into()
+            };
+            let yaml = format!(
+                "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - {{ name: s, kind: {kind}, http: {http}, {}, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n",
+                sub.path().display(),
+                fields.replace("{port}", &port.to_string())
+            );
+            let config =
+                Config::parse(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+            let result = Agent::build(&config, Clock::system())
+                .unwrap()
+                .once()
+                .await
+                .remove(0)
+                .result;
+            if trusted {
+                result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+                assert_eq!(
+                    std::fs::read_to_string(sub.path().join("s.token")).unwrap(),
+                    "tls-token",
+                    "{kind}"
+                );
+            } else {
+                let err = result.unwrap_err();
+                assert!(
+                    err.contains("TLS handshake with https://localhost:"),
+                    "{kind}: {err}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
