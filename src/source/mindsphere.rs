@@ -539,7 +539,7 @@ fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, Fetc
         .map(Duration::from_secs_f64);
     let issued = number("timestamp")
         .filter(|ms| (0.0..1e14).contains(ms))
-        .map(|ms| UNIX_EPOCH + Duration::from_secs_f64(ms / 1000.0));
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms.round() as u64));
     let expires_at = match (issued, expires_in) {
         (Some(at), Some(ttl)) => Some(at + ttl),
         (None, Some(ttl)) => Some(now + ttl),
