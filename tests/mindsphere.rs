@@ -404,3 +404,103 @@ fn validate_catches_contradictory_and_missing_fields() {
         assert!(err.contains(want), "want `{want}` in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn malformed_answers_fail_cleanly() {
+    use common::Reply;
+    let cases: Vec<(Reply, &str)> = vec![
+        (Reply::text(200, "<html>gateway</html>"), "body is not JSON"),
+        (
+            Reply::json(200, json!({"access_token": 5})),
+            "no `access_token`",
+        ),
+        (
+            Reply::json(200, json!({"access_token": "a", "token_type": "bearer"})),
+            "no `expires_in`",
+        ),
+        (
+            Reply::json(
+                500,
+                json!({"errors": [{"code": "mdsp.core.generic.internalServerError", "logref": "x", "message": "boom"}]}),
+            ),
+            "HTTP 500: mdsp.core.generic.internalServerError: boom",
+        ),
+    ];
+    for (reply, want) in cases {
+        let mock = Mock::start(move |_| reply.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let err = once(&config(
+            &mock,
+            dir.path(),
+            "    user_tenant: u\n",
+            "m.token",
+        ))
+        .await
+        .result
+        .unwrap_err();
+        assert!(err.contains(want), "want `{want}` in `{err}`");
+    }
+
+    // Discovery: a listing without `userTenants` fails the whole fetch (nothing is removed).
+    let service = MindSphere::new(&["a"]);
+    let real = service.start().await;
+    let op_token = {
+        let dir = tempfile::tempdir().unwrap();
+        once(&config(
+            &real,
+            dir.path(),
+            "    user_tenant: hosttenant\n",
+            "op.token",
+        ))
+        .await
+        .result
+        .unwrap();
+        std::fs::read_to_string(dir.path().join("op.token")).unwrap()
+    };
+    let listing = Mock::start(move |r| {
+        if r.path.ends_with("/oauth/token") {
+            Reply::json(200, json!({"access_token": op_token, "expires_in": 1799}))
+        } else {
+            Reply::json(
+                200,
+                json!({"page": {"totalPages": 1, "number": 0}, "tenants": []}),
+            )
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = once(&config(
+        &listing,
+        dir.path(),
+        "    all_tenants: true\n",
+        "{tenant}.token",
+    ))
+    .await
+    .result
+    .unwrap_err();
+    assert!(err.contains("no `userTenants` list"), "{err}");
+
+    // A batch answer without `oauthTokens` fails each requested tenant, by name.
+    let batch = Mock::start(|r| {
+        if r.path.ends_with("/oauthTokens") {
+            Reply::json(200, json!({"tokens": []}))
+        } else {
+            Reply::json(404, json!({}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = once(&config(
+        &batch,
+        dir.path(),
+        "    user_tenants: [a, b]\n",
+        "{tenant}.token",
+    ))
+    .await
+    .result
+    .unwrap_err();
+    assert!(
+        err.contains("2 instance(s) failed: a, b") && err.contains("no token for tenant `a`"),
+        "{err}"
+    );
+}
