@@ -162,6 +162,22 @@ pub async fn send(
     })
 }
 
+impl Reply {
+    /// `Ok(self)` for a 2xx answer; otherwise the status as an error with what the service
+    /// said, scrubbed of `secrets`.
+    pub fn success(self, url: &str, secrets: &[&str]) -> Result<Reply, FetchError> {
+        if (200..300).contains(&self.status) {
+            return Ok(self);
+        }
+        Err(FetchError::Status {
+            url: url.to_owned(),
+            status: self.status,
+            remote: super::response::describe_error_body(&self.body, secrets),
+            retry_after: self.retry_after,
+        })
+    }
+}
+
 /// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`, capped at one hour.
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let wait = match value.trim().parse::<u64>() {

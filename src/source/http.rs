@@ -190,15 +190,8 @@ impl HttpSource {
             request = request.body(render("body", body)?);
         }
         let reply = client::send(request, &self.display_url, self.timeout).await?;
-        if !(200..300).contains(&reply.status) {
-            let values: Vec<&str> = secrets.values().map(String::as_str).collect();
-            return Err(FetchError::Status {
-                url: self.display_url.clone(),
-                status: reply.status,
-                remote: response::describe_error_body(&reply.body, &values),
-                retry_after: reply.retry_after,
-            });
-        }
+        let values: Vec<&str> = secrets.values().map(String::as_str).collect();
+        let reply = reply.success(&self.display_url, &values)?;
         response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)
     }
 }

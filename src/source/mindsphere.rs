@@ -268,19 +268,12 @@ impl MindSphereSource {
         reply: client::Reply,
         shown: &str,
     ) -> Result<Value, FetchError> {
-        if !(200..300).contains(&reply.status) {
-            let secrets: Vec<&str> = credentials
-                .secrets
-                .iter()
-                .map(|s| s.expose_secret())
-                .collect();
-            return Err(FetchError::Status {
-                url: shown.to_owned(),
-                status: reply.status,
-                remote: response::describe_error_body(&reply.body, &secrets),
-                retry_after: reply.retry_after,
-            });
-        }
+        let secrets: Vec<&str> = credentials
+            .secrets
+            .iter()
+            .map(|s| s.expose_secret())
+            .collect();
+        let reply = reply.success(shown, &secrets)?;
         serde_json::from_slice(&reply.body).map_err(|e| FetchError::InvalidResponse {
             url: shown.to_owned(),
             detail: format!("body is not JSON ({e})"),
@@ -546,12 +539,7 @@ fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, Fetc
         _ => jwt::expiry(access),
     }
     .ok_or_else(|| invalid("no `expires_in` and the token is not a JWT with `exp`".into()))?;
-    if expires_at <= now {
-        return Err(FetchError::ExpiredOnArrival {
-            url: shown.to_owned(),
-            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
-        });
-    }
+    response::refuse_expired(expires_at, now, shown)?;
     let token_type = value
         .get("token_type")
         .and_then(Value::as_str)

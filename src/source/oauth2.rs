@@ -242,14 +242,7 @@ impl OAuth2Source {
             .flatten()
             .map(|s| s.expose_secret())
             .collect();
-        if !(200..300).contains(&reply.status) {
-            return Err(FetchError::Status {
-                url: self.display_url.clone(),
-                status: reply.status,
-                remote: response::describe_error_body(&reply.body, &secrets),
-                retry_after: reply.retry_after,
-            });
-        }
+        let reply = reply.success(&self.display_url, &secrets)?;
         response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)
     }
 }

@@ -167,14 +167,7 @@ impl OdinSource {
             url: self.shown.clone(),
             detail,
         };
-        if !(200..300).contains(&reply.status) {
-            return Err(FetchError::Status {
-                url: self.shown.clone(),
-                status: reply.status,
-                remote: None,
-                retry_after: reply.retry_after,
-            });
-        }
+        let reply = reply.success(&self.shown, &secrets)?;
         let text =
             String::from_utf8(reply.body).map_err(|_| invalid("body is not UTF-8".into()))?;
         let answer = match xmlrpc::parse_response(&text).map_err(invalid)? {

@@ -128,12 +128,7 @@ fn token_from_text(
                 "no expiry: the token is not a JWT with `exp` and no `ttl` is configured".into(),
             )
         })?;
-    if expires_at <= now {
-        return Err(FetchError::ExpiredOnArrival {
-            url: url.to_owned(),
-            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
-        });
-    }
+    refuse_expired(expires_at, now, url)?;
     Ok(Token::new(value.into(), "Bearer".into(), now, expires_at))
 }
 
@@ -176,12 +171,7 @@ pub fn token_from_json(
                 mapping.expires_in, mapping.expires_at
             ))
         })?;
-    if expires_at <= now {
-        return Err(FetchError::ExpiredOnArrival {
-            url: url.to_owned(),
-            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
-        });
-    }
+    refuse_expired(expires_at, now, url)?;
     let token_type = json
         .pointer(&mapping.token_type)
         .and_then(Value::as_str)
@@ -192,6 +182,21 @@ pub fn token_from_json(
         now,
         expires_at,
     ))
+}
+
+/// A token that is already expired when it arrives is refused.
+pub fn refuse_expired(
+    expires_at: SystemTime,
+    now: SystemTime,
+    url: &str,
+) -> Result<(), FetchError> {
+    if expires_at <= now {
+        return Err(FetchError::ExpiredOnArrival {
+            url: url.to_owned(),
+            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A token must be non-empty printable text of reasonable size: anything else would break the
