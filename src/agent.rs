@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::config::{Config, RefreshPolicy, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::schedule::{Backoff, refresh_delay};
-use crate::sink::{Sink, Written};
+use crate::sink::{KubeContext, Sink, SinkContext, Written};
 use crate::source::client::{HttpClients, cause_chain};
 use crate::source::{BuildError, Fetch, FetchContext, FetchError, InstanceOutcome, SINGLE, Source};
 use crate::status::Status;
@@ -85,6 +85,15 @@ pub struct OnceOutcome {
 
 impl Agent {
     pub fn build(config: &Config, clock: Clock) -> Result<Agent, AgentBuildError> {
+        Self::build_with(config, clock, KubeContext::default())
+    }
+
+    /// Like [`Agent::build`], with a given Kubernetes client context (tests, embedding).
+    pub fn build_with(
+        config: &Config,
+        clock: Clock,
+        kube: KubeContext,
+    ) -> Result<Agent, AgentBuildError> {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             status: Status::default(),
@@ -106,7 +115,13 @@ impl Agent {
                 .sinks
                 .iter()
                 .map(|c| {
-                    let sink = c.build(&s.name, &config.defaults.file);
+                    let sink = c.build(
+                        &s.name,
+                        &SinkContext {
+                            file: &config.defaults.file,
+                            kube: &kube,
+                        },
+                    );
                     let label = sink.label();
                     (sink, label)
                 })

@@ -68,7 +68,9 @@ async fn single_user_tenant_sends_the_documented_request() {
         "    user_tenant: user_tenant_1\n",
         "mdsp.json",
     );
-    let token_agent::sink::SinkConfig::File(f) = &mut c.sources[0].sinks[0];
+    let token_agent::sink::SinkConfig::File(f) = &mut c.sources[0].sinks[0] else {
+        unreachable!()
+    };
     f.format = token_agent::sink::format::Format::Json;
     once(&c).await.result.unwrap();
 

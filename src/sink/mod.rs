@@ -5,10 +5,12 @@
 pub mod atomic;
 pub mod file;
 pub mod format;
+pub mod secret;
 
 use serde::Deserialize;
 
 pub use self::atomic::{AtomicError, Written};
+pub use self::secret::{KubeContext, SecretError};
 use crate::config::FileDefaults;
 use crate::token::Token;
 
@@ -17,12 +19,20 @@ use crate::token::Token;
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     File(file::FileSinkConfig),
+    Secret(Box<secret::SecretSinkConfig>),
+}
+
+/// What sinks are built with: file defaults and the (lazily created) Kubernetes client.
+pub struct SinkContext<'a> {
+    pub file: &'a FileDefaults,
+    pub kube: &'a KubeContext,
 }
 
 impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
+            SinkConfig::Secret(_) => "secret",
         }
     }
 
@@ -34,6 +44,11 @@ impl SinkConfig {
                 .into_iter()
                 .map(|(f, m)| (format!("file.{f}"), m))
                 .collect(),
+            SinkConfig::Secret(c) => c
+                .check()
+                .into_iter()
+                .map(|(f, m)| (format!("secret.{f}"), m))
+                .collect(),
         }
     }
 
@@ -41,6 +56,7 @@ impl SinkConfig {
     pub fn is_per_instance(&self) -> bool {
         match self {
             SinkConfig::File(c) => c.path.to_string_lossy().contains(file::TENANT),
+            SinkConfig::Secret(c) => c.name.contains(file::TENANT),
         }
     }
 
@@ -52,12 +68,21 @@ impl SinkConfig {
     ) -> Option<(&'static str, std::path::PathBuf)> {
         match self {
             SinkConfig::File(c) => Some(("file.path", c.dir(file_defaults).join(&c.path))),
+            SinkConfig::Secret(c) => Some((
+                "secret.name",
+                std::path::PathBuf::from(format!(
+                    "secret://{}/{}",
+                    c.namespace.as_deref().unwrap_or(""),
+                    c.name
+                )),
+            )),
         }
     }
 
-    pub fn build(&self, source: &str, file_defaults: &FileDefaults) -> Sink {
+    pub fn build(&self, source: &str, ctx: &SinkContext) -> Sink {
         match self {
-            SinkConfig::File(c) => Sink::File(c.build(source, file_defaults)),
+            SinkConfig::File(c) => Sink::File(c.build(source, ctx.file)),
+            SinkConfig::Secret(c) => Sink::Secret(c.build(source, ctx.kube)),
         }
     }
 }
@@ -67,6 +92,8 @@ impl SinkConfig {
 pub enum SinkError {
     #[error(transparent)]
     File(#[from] AtomicError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("sink task failed: {0}")]
     Join(String),
 }
@@ -75,6 +102,7 @@ impl SinkError {
     pub fn reason(&self) -> &'static str {
         match self {
             SinkError::File(e) => e.reason(),
+            SinkError::Secret(e) => e.reason(),
             SinkError::Join(_) => "internal",
         }
     }
@@ -84,6 +112,7 @@ impl SinkError {
 #[derive(Debug, Clone)]
 pub enum Sink {
     File(file::FileSink),
+    Secret(secret::SecretSink),
 }
 
 impl Sink {
@@ -91,6 +120,7 @@ impl Sink {
     pub fn label(&self) -> String {
         match self {
             Sink::File(s) => s.label(),
+            Sink::Secret(s) => s.label(),
         }
     }
 
@@ -104,6 +134,13 @@ impl Sink {
                     .map_err(|e| SinkError::Join(e.to_string()))?
                     .map_err(SinkError::from)
             }
+            // Server-side apply of identical content is a no-op on the server; the agent
+            // only calls write when the token changed.
+            Sink::Secret(s) => s
+                .write(token, instance)
+                .await
+                .map(|()| Written::Replaced)
+                .map_err(SinkError::from),
         }
     }
 
@@ -117,6 +154,7 @@ impl Sink {
                     .map_err(|e| SinkError::Join(e.to_string()))?
                     .map_err(SinkError::from)
             }
+            Sink::Secret(s) => s.remove(instance).await.map_err(SinkError::from),
         }
     }
 
@@ -130,6 +168,8 @@ impl Sink {
                     .ok()
                     .flatten()
             }
+            // Warm restarts read the file sinks; a Secret is simply applied again.
+            Sink::Secret(_) => None,
         }
     }
 }
