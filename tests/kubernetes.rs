@@ -1,0 +1,94 @@
+//! The binary against a stateful Kubernetes API stand-in, through a kubeconfig: the agent
+//! writes a Secret, a refresh updates it, an injected 403 leaves the previous value in place
+//! (while the file sink goes on), and it recovers once allowed again.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::kube_api::KubeApi;
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
+
+fn secret_token(api: &KubeApi) -> Option<(String, u64)> {
+    let s = api.get("Secret", "team-a", "orders-token")?;
+    let token = base64::engine::general_purpose::STANDARD.decode(s["data"]["token"].as_str()?).ok()?;
+    let version = s["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+    Some((String::from_utf8(token).ok()?, version))
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_a_secret_current_and_survives_a_403() {
+    let api = KubeApi::start(&["team-a"]).await;
+    let issuer = token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(2)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+    std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - secret: {{ name: orders-token, keys: {{ expires_at: expires-at }} }}\n      - file: {{ path: orders.token }}\n",
+            dir.path().join("tokens").display(),
+            issuer.token_url(),
+            dir.path().join("client-secret").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let file = || std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap_or_default();
+
+    until("the Secret", || secret_token(&api).is_some_and(|(t, _)| t == file())).await;
+    let (first, v1) = secret_token(&api).unwrap();
+    let secret = api.get("Secret", "team-a", "orders-token").unwrap();
+    assert_eq!(secret["metadata"]["labels"]["app.kubernetes.io/managed-by"], "token-agent");
+    assert_eq!(secret["metadata"]["annotations"]["token-agent.io/source"], "orders");
+    assert!(secret["data"]["expires-at"].is_string());
+    let applies: Vec<(String, String, String)> = api.store.lock().unwrap().log.iter().filter(|(m, _, _)| m == "PATCH").cloned().collect();
+    assert!(applies[0].2.contains("fieldManager=token-agent") && applies[0].2.contains("force=true"), "{applies:?}");
+
+    until("a refresh to reach the Secret", || secret_token(&api).is_some_and(|(t, v)| t != first && v > v1)).await;
+
+    api.forbid_secrets.store(true, Ordering::SeqCst);
+    let (frozen, _) = secret_token(&api).unwrap();
+    until("the file to move on without the Secret", || { let f = file(); !f.is_empty() && f != frozen }).await;
+    assert_eq!(secret_token(&api).unwrap().0, frozen, "a 403 leaves the previous value in place");
+    token_agent::install_crypto_provider();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"}"), "{metrics}");
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap().status().as_u16();
+    assert_eq!(ready, 503, "not ready while the Secret lags");
+
+    api.forbid_secrets.store(false, Ordering::SeqCst);
+    until("recovery", || secret_token(&api).is_some_and(|(t, _)| t == file())).await;
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("needs `get`, `create` and `patch` on `secrets` in namespace `team-a`"), "{logs}");
+}
