@@ -106,7 +106,7 @@ impl Agent {
             let http = s.http.resolve(&config.defaults.http);
             let source = s
                 .spec
-                .build(&http, &clients)
+                .build(&http, &clients, &kube)
                 .map_err(|error| AgentBuildError {
                     source_name: s.name.clone(),
                     error,

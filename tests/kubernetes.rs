@@ -16,7 +16,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 
 fn secret_token(api: &KubeApi) -> Option<(String, u64)> {
     let s = api.get("Secret", "team-a", "orders-token")?;
-    let token = base64::engine::general_purpose::STANDARD.decode(s["data"]["token"].as_str()?).ok()?;
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(s["data"]["token"].as_str()?)
+        .ok()?;
     let version = s["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
     Some((String::from_utf8(token).ok()?, version))
 }
@@ -32,11 +34,18 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_a_secret_current_and_survives_a_403() {
     let api = KubeApi::start(&["team-a"]).await;
-    let issuer = token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(2)).await.unwrap();
+    let issuer =
+        token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(2))
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.kubeconfig(dir.path(), "team-a");
     std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -61,34 +70,175 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let file = || std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap_or_default();
+    let file =
+        || std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap_or_default();
 
-    until("the Secret", || secret_token(&api).is_some_and(|(t, _)| t == file())).await;
+    until("the Secret", || {
+        secret_token(&api).is_some_and(|(t, _)| t == file())
+    })
+    .await;
     let (first, v1) = secret_token(&api).unwrap();
     let secret = api.get("Secret", "team-a", "orders-token").unwrap();
-    assert_eq!(secret["metadata"]["labels"]["app.kubernetes.io/managed-by"], "token-agent");
-    assert_eq!(secret["metadata"]["annotations"]["token-agent.io/source"], "orders");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "token-agent"
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["token-agent.io/source"],
+        "orders"
+    );
     assert!(secret["data"]["expires-at"].is_string());
-    let applies: Vec<(String, String, String)> = api.store.lock().unwrap().log.iter().filter(|(m, _, _)| m == "PATCH").cloned().collect();
-    assert!(applies[0].2.contains("fieldManager=token-agent") && applies[0].2.contains("force=true"), "{applies:?}");
+    let applies: Vec<(String, String, String)> = api
+        .store
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|(m, _, _)| m == "PATCH")
+        .cloned()
+        .collect();
+    assert!(
+        applies[0].2.contains("fieldManager=token-agent") && applies[0].2.contains("force=true"),
+        "{applies:?}"
+    );
 
-    until("a refresh to reach the Secret", || secret_token(&api).is_some_and(|(t, v)| t != first && v > v1)).await;
+    until("a refresh to reach the Secret", || {
+        secret_token(&api).is_some_and(|(t, v)| t != first && v > v1)
+    })
+    .await;
 
     api.forbid_secrets.store(true, Ordering::SeqCst);
     let (frozen, _) = secret_token(&api).unwrap();
-    until("the file to move on without the Secret", || { let f = file(); !f.is_empty() && f != frozen }).await;
-    assert_eq!(secret_token(&api).unwrap().0, frozen, "a 403 leaves the previous value in place");
+    until("the file to move on without the Secret", || {
+        let f = file();
+        !f.is_empty() && f != frozen
+    })
+    .await;
+    assert_eq!(
+        secret_token(&api).unwrap().0,
+        frozen,
+        "a 403 leaves the previous value in place"
+    );
     token_agent::install_crypto_provider();
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"}"), "{metrics}");
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap().status().as_u16();
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
     assert_eq!(ready, 503, "not ready while the Secret lags");
 
     api.forbid_secrets.store(false, Ordering::SeqCst);
-    until("recovery", || secret_token(&api).is_some_and(|(t, _)| t == file())).await;
+    until("recovery", || {
+        secret_token(&api).is_some_and(|(t, _)| t == file())
+    })
+    .await;
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let logs = logs.join().unwrap();
-    assert!(logs.contains("needs `get`, `create` and `patch` on `secrets` in namespace `team-a`"), "{logs}");
+    assert!(
+        logs.contains("needs `get`, `create` and `patch` on `secrets` in namespace `team-a`"),
+        "{logs}"
+    );
+}
+
+fn once(config: &std::path::Path, kubeconfig: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["once", "--config", config.to_str().unwrap()])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_token_requests_a_service_account_token() {
+    let api = KubeApi::start(&["team-a", "builds"]).await;
+    api.store.lock().unwrap().objects.insert(
+        ("ServiceAccount".into(), "builds".into(), "builder".into()),
+        serde_json::json!({"metadata": {"name": "builder"}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+    let write = |sa: &str, expiration: &str| {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "defaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ enabled: false }}\nsources:\n  - name: builder\n    kind: kubernetes_token\n    service_account: {sa}\n    namespace: builds\n    audiences: [vault, https://registry.example.com]\n    expiration: {expiration}\n    sinks: [ {{ file: {{ path: builder.token }} }}, {{ file: {{ path: builder.json, format: json }} }} ]\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let out = once(&write("builder", "2h"), &kubeconfig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = std::fs::read_to_string(dir.path().join("tokens/builder.token")).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["vault", "https://registry.example.com"]),
+        "audiences were requested"
+    );
+    assert_eq!(claims["sub"], "system:serviceaccount:builds:builder");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tokens/builder.json")).unwrap())
+            .unwrap();
+    let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    assert!(
+        (7190..=7200).contains(&left),
+        "expiry from status.expirationTimestamp: {left}"
+    );
+    let log = api.store.lock().unwrap().log.clone();
+    assert!(
+        log.iter().any(|(m, p, _)| m == "POST"
+            && p == "/api/v1/namespaces/builds/serviceaccounts/builder/token"),
+        "{log:?}"
+    );
+
+    std::fs::remove_dir_all(dir.path().join("tokens")).unwrap();
+    let out = once(&write("nobody", "1h"), &kubeconfig);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("answered HTTP 404: serviceaccounts \"nobody\" not found"),
+        "{stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args([
+            "validate",
+            "--config",
+            write("builder", "5m").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("sources[0].expiration: must be at least 10m")
+    );
 }

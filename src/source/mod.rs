@@ -7,6 +7,7 @@ pub mod error;
 pub mod exec;
 pub mod http;
 pub mod jwt;
+pub mod kubernetes_token;
 pub mod mindsphere;
 pub mod oauth2;
 pub mod odin;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use self::client::{ClientBuildError, HttpClients};
 pub use self::error::FetchError;
 use crate::config::HttpSettings;
+use crate::sink::KubeContext;
 use crate::token::Token;
 
 /// The kind-specific part of a source, selected by `kind:`.
@@ -34,6 +36,7 @@ pub enum SourceSpec {
     OdinOa(odin::OdinConfig),
     Http(http::HttpSourceConfig),
     Exec(exec::ExecConfig),
+    KubernetesToken(kubernetes_token::KubernetesTokenConfig),
 }
 
 /// Why a source could not be built from a checked configuration (files it refers to).
@@ -54,6 +57,7 @@ impl SourceSpec {
             SourceSpec::OdinOa(_) => "odin_oa",
             SourceSpec::Http(_) => "http",
             SourceSpec::Exec(_) => "exec",
+            SourceSpec::KubernetesToken(_) => "kubernetes_token",
         }
     }
 
@@ -65,6 +69,7 @@ impl SourceSpec {
             SourceSpec::OdinOa(c) => c.check(),
             SourceSpec::Http(c) => c.check(),
             SourceSpec::Exec(c) => c.check(),
+            SourceSpec::KubernetesToken(c) => c.check(),
         }
     }
 
@@ -72,11 +77,8 @@ impl SourceSpec {
     /// must contain `{tenant}`.
     pub fn is_multi_instance(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_)
-            | SourceSpec::OdinOa(_)
-            | SourceSpec::Http(_)
-            | SourceSpec::Exec(_) => false,
             SourceSpec::Mindsphere(c) => c.is_multi_instance(),
+            _ => false,
         }
     }
 
@@ -94,11 +96,8 @@ impl SourceSpec {
     /// Whether the files of an instance that goes away upstream are deleted.
     pub fn removes_gone_instances(&self) -> bool {
         match self {
-            SourceSpec::Oauth2(_)
-            | SourceSpec::OdinOa(_)
-            | SourceSpec::Http(_)
-            | SourceSpec::Exec(_) => true,
             SourceSpec::Mindsphere(c) => c.on_removed == mindsphere::OnRemoved::Delete,
+            _ => true,
         }
     }
 
@@ -110,17 +109,24 @@ impl SourceSpec {
             SourceSpec::OdinOa(c) => c.inline_secrets(),
             SourceSpec::Http(c) => return c.inline_secrets(),
             SourceSpec::Exec(c) => return c.inline_secrets(),
+            SourceSpec::KubernetesToken(_) => vec![],
         };
         fields.into_iter().map(String::from).collect()
     }
 
-    pub fn build(&self, http: &HttpSettings, clients: &HttpClients) -> Result<Source, BuildError> {
+    pub fn build(
+        &self,
+        http: &HttpSettings,
+        clients: &HttpClients,
+        kube: &KubeContext,
+    ) -> Result<Source, BuildError> {
         Ok(match self {
             SourceSpec::Oauth2(c) => Source::OAuth2(Box::new(c.build(http, clients)?)),
             SourceSpec::Mindsphere(c) => Source::MindSphere(Box::new(c.build(http, clients)?)),
             SourceSpec::OdinOa(c) => Source::Odin(Box::new(c.build(http, clients)?)),
             SourceSpec::Http(c) => Source::Http(Box::new(c.build(http, clients)?)),
             SourceSpec::Exec(c) => Source::Exec(Box::new(c.build())),
+            SourceSpec::KubernetesToken(c) => Source::KubernetesToken(Box::new(c.build(kube))),
         })
     }
 }
@@ -169,6 +175,7 @@ pub enum Source {
     Odin(Box<odin::OdinSource>),
     Http(Box<http::HttpSource>),
     Exec(Box<exec::ExecSource>),
+    KubernetesToken(Box<kubernetes_token::KubernetesTokenSource>),
     #[cfg(test)]
     Scripted(scripted::Scripted),
 }
@@ -183,6 +190,7 @@ impl Source {
             Source::Odin(s) => s.fetch(ctx.now).await.map(Fetch::single),
             Source::Http(s) => s.fetch(ctx.now).await.map(Fetch::single),
             Source::Exec(s) => s.fetch(ctx.now).await.map(Fetch::single),
+            Source::KubernetesToken(s) => s.fetch(ctx.now).await.map(Fetch::single),
             #[cfg(test)]
             Source::Scripted(s) => s.fetch(ctx.now).await.map(Fetch::single),
         }

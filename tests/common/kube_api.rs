@@ -52,15 +52,27 @@ impl KubeApi {
     pub async fn start(namespaces: &[&str]) -> KubeApi {
         let api = KubeApi {
             addr: "127.0.0.1:0".parse().unwrap(),
-            store: Arc::new(Mutex::new(Store { namespaces: namespaces.iter().map(|s| s.to_string()).collect(), ..Default::default() })),
+            store: Arc::new(Mutex::new(Store {
+                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })),
             forbid_secrets: Arc::default(),
             version: Arc::new(AtomicU64::new(100)),
         };
         let app = Router::new()
             .route("/api/v1/namespaces/{ns}/secrets/{name}", any(secret))
-            .route("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token", post(token_request))
-            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", post(lease_create))
-            .route("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", any(lease))
+            .route(
+                "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+                post(token_request),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                post(lease_create),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                any(lease),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -80,32 +92,56 @@ impl KubeApi {
     }
 
     pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
-        self.store.lock().unwrap().objects.get(&(kind.into(), ns.into(), name.into())).cloned()
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(kind.into(), ns.into(), name.into()))
+            .cloned()
     }
 
     fn next_version(&self) -> String {
         self.version.fetch_add(1, Ordering::SeqCst).to_string()
     }
 
-    fn authorized(&self, headers: &HeaderMap, method: &Method, path: &str, query: &BTreeMap<String, String>) -> bool {
+    fn authorized(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+        query: &BTreeMap<String, String>,
+    ) -> bool {
         let mut store = self.store.lock().unwrap();
         let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        store.log.push((method.to_string(), path.to_owned(), q.join("&")));
-        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+        store
+            .log
+            .push((method.to_string(), path.to_owned(), q.join("&")));
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"))
     }
 }
 
 fn unauthorized() -> Response {
-    status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into(), "", "")
+    status(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "Unauthorized".into(),
+        "",
+        "",
+    )
 }
 
 /// Fills in the metadata the server owns.
 fn stamp(object: &mut Value, existing: Option<&Value>, version: String) {
     let meta = &mut object["metadata"];
-    let uid = existing.and_then(|e| e["metadata"]["uid"].as_str().map(str::to_owned)).unwrap_or_else(|| format!("uid-{version}"));
+    let uid = existing
+        .and_then(|e| e["metadata"]["uid"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("uid-{version}"));
     meta["uid"] = json!(uid);
     meta["resourceVersion"] = json!(version);
-    meta["creationTimestamp"] = existing.map(|e| e["metadata"]["creationTimestamp"].clone()).unwrap_or(json!("2026-11-22T00:00:00Z"));
+    meta["creationTimestamp"] = existing
+        .map(|e| e["metadata"]["creationTimestamp"].clone())
+        .unwrap_or(json!("2026-11-22T00:00:00Z"));
 }
 
 async fn secret(
@@ -116,50 +152,120 @@ async fn secret(
     Query(query): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if !api.authorized(&headers, &method, &format!("/api/v1/namespaces/{ns}/secrets/{name}"), &query) {
+    if !api.authorized(
+        &headers,
+        &method,
+        &format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+        &query,
+    ) {
         return unauthorized();
     }
     if !api.store.lock().unwrap().namespaces.contains(&ns) {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("namespaces \"{ns}\" not found"), "namespaces", &ns);
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{ns}\" not found"),
+            "namespaces",
+            &ns,
+        );
     }
     let key = ("Secret".to_owned(), ns.clone(), name.clone());
     match method {
         Method::GET => match api.get("Secret", &ns, &name) {
             Some(obj) => Json(obj).into_response(),
-            None => status(StatusCode::NOT_FOUND, "NotFound", format!("secrets \"{name}\" not found"), "secrets", &name),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("secrets \"{name}\" not found"),
+                "secrets",
+                &name,
+            ),
         },
         Method::PATCH => {
             if api.forbid_secrets.load(Ordering::SeqCst) {
-                let message = format!("secrets \"{name}\" is forbidden: User \"system:serviceaccount:{ns}:token-agent\" cannot patch resource \"secrets\" in API group \"\" in the namespace \"{ns}\"");
-                return status(StatusCode::FORBIDDEN, "Forbidden", message, "secrets", &name);
+                let message = format!(
+                    "secrets \"{name}\" is forbidden: User \"system:serviceaccount:{ns}:token-agent\" cannot patch resource \"secrets\" in API group \"\" in the namespace \"{ns}\""
+                );
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    message,
+                    "secrets",
+                    &name,
+                );
             }
-            if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/apply-patch+yaml") {
-                return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", "the body of the request was in an unknown format".into(), "secrets", &name);
+            if headers.get("content-type").and_then(|v| v.to_str().ok())
+                != Some("application/apply-patch+yaml")
+            {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format".into(),
+                    "secrets",
+                    &name,
+                );
             }
             if query.get("fieldManager").is_none() {
                 return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(), "secrets", &name);
             }
             let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "error decoding YAML".into(), "secrets", &name);
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "error decoding YAML".into(),
+                    "secrets",
+                    &name,
+                );
             };
-            if object["metadata"]["name"] != json!(name) || object["kind"] != "Secret" || object["apiVersion"] != "v1" {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL".into(), "secrets", &name);
+            if object["metadata"]["name"] != json!(name)
+                || object["kind"] != "Secret"
+                || object["apiVersion"] != "v1"
+            {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL".into(),
+                    "secrets",
+                    &name,
+                );
             }
             let version = api.next_version();
             let mut store = api.store.lock().unwrap();
             let existing = store.objects.get(&key).cloned();
             stamp(&mut object, existing.as_ref(), version);
             store.objects.insert(key, object.clone());
-            let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+            let code = if existing.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
             (code, Json(object)).into_response()
         }
         Method::DELETE => {
-            let precondition: Option<String> = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["preconditions"]["uid"].as_str().map(str::to_owned));
+            let precondition: Option<String> = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["preconditions"]["uid"].as_str().map(str::to_owned));
             let mut store = api.store.lock().unwrap();
             match store.objects.get(&key).cloned() {
-                None => status(StatusCode::NOT_FOUND, "NotFound", format!("secrets \"{name}\" not found"), "secrets", &name),
-                Some(obj) if precondition.as_ref().is_some_and(|uid| obj["metadata"]["uid"] != json!(uid)) => {
-                    status(StatusCode::CONFLICT, "Conflict", "Precondition failed: UID in precondition does not match".into(), "secrets", &name)
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("secrets \"{name}\" not found"),
+                    "secrets",
+                    &name,
+                ),
+                Some(obj)
+                    if precondition
+                        .as_ref()
+                        .is_some_and(|uid| obj["metadata"]["uid"] != json!(uid)) =>
+                {
+                    status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "Precondition failed: UID in precondition does not match".into(),
+                        "secrets",
+                        &name,
+                    )
                 }
                 Some(obj) => {
                     store.objects.remove(&key);
@@ -167,7 +273,13 @@ async fn secret(
                 }
             }
         }
-        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "method not allowed".into(), "secrets", &name),
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            "secrets",
+            &name,
+        ),
     }
 }
 
@@ -177,42 +289,89 @@ async fn token_request(
     UrlPath((ns, name)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if !api.authorized(&headers, &Method::POST, &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"), &BTreeMap::new()) {
+    if !api.authorized(
+        &headers,
+        &Method::POST,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
+        &BTreeMap::new(),
+    ) {
         return unauthorized();
     }
     let has_sa = api.get("ServiceAccount", &ns, &name).is_some();
     if !has_sa {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("serviceaccounts \"{name}\" not found"), "serviceaccounts", &name);
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("serviceaccounts \"{name}\" not found"),
+            "serviceaccounts",
+            &name,
+        );
     }
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "error decoding".into(), "serviceaccounts", &name);
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "error decoding".into(),
+            "serviceaccounts",
+            &name,
+        );
     };
-    let seconds = request["spec"]["expirationSeconds"].as_u64().unwrap_or(3600);
+    let seconds = request["spec"]["expirationSeconds"]
+        .as_u64()
+        .unwrap_or(3600);
     if seconds < 600 {
         return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes".into(), "serviceaccounts", &name);
     }
     let now = std::time::SystemTime::now();
-    let expires = humantime::format_rfc3339_seconds(now + std::time::Duration::from_secs(seconds)).to_string();
+    let expires = humantime::format_rfc3339_seconds(now + std::time::Duration::from_secs(seconds))
+        .to_string();
     let n = api.next_version();
     let audiences = request["spec"]["audiences"].clone();
-    let jwt = super::fake_jwt(json!({"sub": format!("system:serviceaccount:{ns}:{name}"), "aud": audiences, "exp": super::unix_now() + seconds, "n": n}));
+    let jwt = super::fake_jwt(
+        json!({"sub": format!("system:serviceaccount:{ns}:{name}"), "aud": audiences, "exp": super::unix_now() + seconds, "n": n}),
+    );
     request["status"] = json!({"token": jwt, "expirationTimestamp": expires});
     (StatusCode::CREATED, Json(request)).into_response()
 }
 
-async fn lease_create(State(api): State<KubeApi>, headers: HeaderMap, UrlPath(ns): UrlPath<String>, body: Bytes) -> Response {
-    if !api.authorized(&headers, &Method::POST, &format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"), &BTreeMap::new()) {
+async fn lease_create(
+    State(api): State<KubeApi>,
+    headers: HeaderMap,
+    UrlPath(ns): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if !api.authorized(
+        &headers,
+        &Method::POST,
+        &format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"),
+        &BTreeMap::new(),
+    ) {
         return unauthorized();
     }
     let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "error decoding".into(), "leases", "");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "error decoding".into(),
+            "leases",
+            "",
+        );
     };
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let key = ("Lease".to_owned(), ns.clone(), name.clone());
     let version = api.next_version();
     let mut store = api.store.lock().unwrap();
     if store.objects.contains_key(&key) {
-        return status(StatusCode::CONFLICT, "AlreadyExists", format!("leases.coordination.k8s.io \"{name}\" already exists"), "leases", &name);
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("leases.coordination.k8s.io \"{name}\" already exists"),
+            "leases",
+            &name,
+        );
     }
     stamp(&mut object, None, version);
     store.objects.insert(key, object.clone());
@@ -226,31 +385,68 @@ async fn lease(
     UrlPath((ns, name)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if !api.authorized(&headers, &method, &format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"), &BTreeMap::new()) {
+    if !api.authorized(
+        &headers,
+        &method,
+        &format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"),
+        &BTreeMap::new(),
+    ) {
         return unauthorized();
     }
     let key = ("Lease".to_owned(), ns.clone(), name.clone());
     match method {
         Method::GET => match api.get("Lease", &ns, &name) {
             Some(obj) => Json(obj).into_response(),
-            None => status(StatusCode::NOT_FOUND, "NotFound", format!("leases.coordination.k8s.io \"{name}\" not found"), "leases", &name),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("leases.coordination.k8s.io \"{name}\" not found"),
+                "leases",
+                &name,
+            ),
         },
         Method::PUT => {
             let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "error decoding".into(), "leases", &name);
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "error decoding".into(),
+                    "leases",
+                    &name,
+                );
             };
             let version = api.next_version();
             let mut store = api.store.lock().unwrap();
             let Some(existing) = store.objects.get(&key).cloned() else {
-                return status(StatusCode::NOT_FOUND, "NotFound", format!("leases.coordination.k8s.io \"{name}\" not found"), "leases", &name);
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    "leases",
+                    &name,
+                );
             };
             if object["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
-                return status(StatusCode::CONFLICT, "Conflict", format!("Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"), "leases", &name);
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                    "leases",
+                    &name,
+                );
             }
             stamp(&mut object, Some(&existing), version);
             store.objects.insert(key, object.clone());
             Json(object).into_response()
         }
-        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "method not allowed".into(), "leases", &name),
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            "leases",
+            &name,
+        ),
     }
 }

@@ -1,0 +1,158 @@
+//! `kind: kubernetes_token` — a token for a ServiceAccount from the TokenRequest API
+//! (`serviceaccounts/token` create), with chosen audiences and lifetime. For workloads that need
+//! an audience-bound token somewhere a projected volume cannot reach (another namespace's
+//! Secret, a file with a different owner).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use serde::Deserialize;
+
+use super::error::FetchError;
+use super::response::{check_token_text, refuse_expired};
+use crate::redact::scrub;
+use crate::sink::KubeContext;
+use crate::token::Token;
+
+/// The API server's floor for `expirationSeconds`.
+const MIN_EXPIRATION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTokenConfig {
+    pub service_account: String,
+    /// Defaults to the agent's own namespace (in-cluster) or the kubeconfig's.
+    pub namespace: Option<String>,
+    /// Intended audiences (`aud`); empty means the API server's own.
+    #[serde(default, deserialize_with = "crate::config::scalar::strings")]
+    pub audiences: Vec<String>,
+    /// Requested lifetime (at least 10m; the server may shorten it).
+    #[serde(default = "default_expiration", with = "humantime_serde")]
+    pub expiration: Duration,
+}
+
+fn default_expiration() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl KubernetesTokenConfig {
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !name_ok(&self.service_account) {
+            problems.push((
+                "service_account".into(),
+                format!(
+                    "`{}` is not a valid ServiceAccount name",
+                    self.service_account
+                ),
+            ));
+        }
+        if let Some(ns) = self
+            .namespace
+            .as_deref()
+            .filter(|ns| !name_ok(ns) || ns.contains('.'))
+        {
+            problems.push((
+                "namespace".into(),
+                format!("`{ns}` is not a valid namespace name"),
+            ));
+        }
+        if self.expiration < MIN_EXPIRATION {
+            problems.push((
+                "expiration".into(),
+                "must be at least 10m (the API server's minimum)".into(),
+            ));
+        }
+        problems
+    }
+
+    pub fn build(&self, kube: &KubeContext) -> KubernetesTokenSource {
+        KubernetesTokenSource {
+            config: self.clone(),
+            kube: kube.clone(),
+        }
+    }
+}
+
+pub struct KubernetesTokenSource {
+    config: KubernetesTokenConfig,
+    kube: KubeContext,
+}
+
+impl KubernetesTokenSource {
+    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+        let c = &self.config;
+        let client = self.kube.client().await.map_err(|e| FetchError::Connect {
+            url: "the Kubernetes API".into(),
+            detail: e.to_string(),
+        })?;
+        let namespace = c
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let shown = format!(
+            "serviceaccounts/{}/token in namespace {namespace}",
+            c.service_account
+        );
+        let api: Api<ServiceAccount> = Api::namespaced(client, &namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: c.audiences.clone(),
+                expiration_seconds: Some(c.expiration.as_secs() as i64),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let answer = api
+            .create_token_request(&c.service_account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(status) => {
+                    let hint = if status.code == 403 {
+                        " (the agent's service account needs `create` on `serviceaccounts/token`)"
+                    } else {
+                        ""
+                    };
+                    FetchError::Status {
+                        url: shown.clone(),
+                        status: status.code,
+                        remote: Some(format!("{}{hint}", scrub(&status.message, &[]))),
+                        retry_after: None,
+                    }
+                }
+                other => FetchError::Connect {
+                    url: shown.clone(),
+                    detail: crate::source::client::cause_chain(&other),
+                },
+            })?;
+        let invalid = |detail: String| FetchError::InvalidResponse {
+            url: shown.clone(),
+            detail,
+        };
+        let status = answer
+            .status
+            .ok_or_else(|| invalid("no status in the TokenRequest answer".into()))?;
+        check_token_text(&status.token).map_err(invalid)?;
+        let seconds = status.expiration_timestamp.0.as_second();
+        let expires_at = UNIX_EPOCH
+            + Duration::from_secs(
+                u64::try_from(seconds).map_err(|_| invalid("expiration before 1970".into()))?,
+            );
+        let issued = now();
+        refuse_expired(expires_at, issued, &shown)?;
+        Ok(Token::new(
+            status.token.into(),
+            "Bearer".into(),
+            issued,
+            expires_at,
+        ))
+    }
+}
