@@ -108,10 +108,13 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     .await;
 
     api.forbid_secrets.store(true, Ordering::SeqCst);
+    // The Secret is written before the file within one delivery, so wait for a token that
+    // is neither the Secret's nor the file's at this moment: that one met the 403.
     let (frozen, _) = secret_token(&api).unwrap();
+    let file_then = file();
     until("the file to move on without the Secret", || {
         let f = file();
-        !f.is_empty() && f != frozen
+        !f.is_empty() && f != frozen && f != file_then
     })
     .await;
     assert_eq!(
@@ -126,7 +129,10 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"}"), "{metrics}");
+    assert!(
+        metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"}"),
+        "{metrics}"
+    );
     let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
         .unwrap()

@@ -205,7 +205,7 @@ async fn secret(
                     &name,
                 );
             }
-            if query.get("fieldManager").is_none() {
+            if !query.contains_key("fieldManager") {
                 return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(), "secrets", &name);
             }
             let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
