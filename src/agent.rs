@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::config::{Config, RefreshPolicy, RetryPolicy};
+use crate::leader::{Elector, LeaderElectionConfig};
 use crate::metrics::Metrics;
 use crate::schedule::{Backoff, refresh_delay};
 use crate::sink::{KubeContext, Sink, SinkContext, Written};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub status: Status,
     pub clock: Clock,
     fetch_permits: Semaphore,
+    /// Whether this replica may run sources that write Secrets (always, without election).
+    leader: watch::Sender<bool>,
 }
 
 /// A source could not be built (a CA file is unreadable, …); names the source.
@@ -68,11 +71,15 @@ struct SourceRunner {
     fetch_limit: Duration,
     /// Delete the files of instances that go away upstream.
     remove_gone: bool,
+    /// Writes Secrets, so runs only on the Lease holder when leader election is on.
+    needs_leader: bool,
 }
 
 pub struct Agent {
     runners: Vec<SourceRunner>,
     shared: Arc<Shared>,
+    election: Option<LeaderElectionConfig>,
+    kube: KubeContext,
 }
 
 /// Outcome of one source in `once` mode.
@@ -99,6 +106,7 @@ impl Agent {
             status: Status::default(),
             clock,
             fetch_permits: Semaphore::new(config.max_concurrent_fetches.max(1)),
+            leader: watch::Sender::new(!config.leader_election.enabled),
         });
         let clients = HttpClients::default();
         let mut runners = Vec::with_capacity(config.sources.len());
@@ -141,10 +149,22 @@ impl Agent {
                 retry: s.retry.resolve(&config.defaults.retry),
                 fetch_limit: s.spec.fetch_bound(http.timeout) + FETCH_GRACE,
                 remove_gone: s.spec.removes_gone_instances(),
+                needs_leader: config.leader_election.enabled
+                    && s.sinks.iter().any(|k| k.kind() == "secret"),
             });
         }
         shared.metrics.set_sources(runners.len());
-        Ok(Agent { runners, shared })
+        shared.metrics.set_leader(!config.leader_election.enabled);
+        let election = config
+            .leader_election
+            .enabled
+            .then(|| config.leader_election.clone());
+        Ok(Agent {
+            runners,
+            shared,
+            election,
+            kube,
+        })
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -165,6 +185,10 @@ impl Agent {
                 }
             }
         });
+        if let Some(election) = self.election.clone() {
+            let (shared, kube, stop) = (self.shared.clone(), self.kube.clone(), shutdown.clone());
+            tasks.spawn(async move { elect(election, kube, shared, stop).await });
+        }
         for runner in self.runners {
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
@@ -209,6 +233,40 @@ struct Instance {
     /// `delivered[i]`: sink `i` holds this token.
     delivered: Vec<bool>,
     refresh_at: SystemTime,
+}
+
+/// Runs leader election until `shutdown`, publishing leadership to the source loops and the
+/// `token_agent_leader` metric. Without a Kubernetes client it keeps trying, as a follower.
+async fn elect(
+    config: LeaderElectionConfig,
+    kube: KubeContext,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let identity = crate::leader::identity();
+    let elector = loop {
+        match Elector::new(&config, &kube, identity.clone(), shared.clock.clone()).await {
+            Ok(e) => break e,
+            Err(e) => {
+                error!(error = %e, "leader election cannot start; standing by");
+                tokio::select! {
+                    _ = tokio::time::sleep(config.renew_every) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+        }
+    };
+    info!(identity = %elector.identity(), lease = %config.lease, "leader election started");
+    let (tx, mut rx) = (shared.leader.clone(), shared.leader.subscribe());
+    let metrics_shared = shared.clone();
+    let mirror = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            metrics_shared.metrics.set_leader(*rx.borrow());
+        }
+    });
+    elector.run(config.renew_every, tx, shutdown).await;
+    shared.metrics.set_leader(false);
+    mirror.abort();
 }
 
 /// Per-source loop state.
@@ -294,7 +352,19 @@ impl SourceRunner {
         let now = clock.now();
         let adopted = self.adopt_existing(now).await;
         let mut p = Progress::new(self, adopted, now);
+        let mut leader = shared.leader.subscribe();
         loop {
+            if self.needs_leader && !*leader.borrow_and_update() {
+                shared.status.update(&self.name, |s| s.standby = true);
+                info!(source = %self.name, "standing by: another replica holds the lease");
+                tokio::select! {
+                    _ = leader.wait_for(|l| *l) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                shared.status.update(&self.name, |s| s.standby = false);
+                p.next_fetch = clock.now();
+                continue;
+            }
             let now = clock.now();
             if p.instances.values().any(|i| now < i.token.issued_at) {
                 warn!(source = %self.name, "wall clock moved backwards; refreshing now");
@@ -327,6 +397,7 @@ impl SourceRunner {
             let sleep = wake.duration_since(now).unwrap_or_default();
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
+                _ = leader.changed(), if self.needs_leader => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod leader;
 pub mod metrics;
 pub mod redact;
 pub mod schedule;

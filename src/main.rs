@@ -41,6 +41,9 @@ enum Command {
     Run {
         #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
         config: PathBuf,
+        /// Elect a leader among replicas through a Lease (same as `leader_election.enabled`).
+        #[arg(long)]
+        leader_elect: bool,
     },
     /// Fetch every source once, write every sink, exit 0 only if all required sources succeeded.
     Once {
@@ -84,8 +87,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Validate { config } => Ok(validate(&config)),
-            Command::Run { config } => match load(&config) {
-                Ok(c) => run_until_signal(c, false).await,
+            Command::Run {
+                config,
+                leader_elect,
+            } => match load(&config) {
+                Ok(mut c) => {
+                    c.leader_election.enabled |= leader_elect;
+                    run_until_signal(c, false).await
+                }
                 Err(code) => Ok(code),
             },
             Command::Once { config } => match load(&config) {

@@ -28,6 +28,7 @@ pub struct Metrics {
     sink_write_duration: HistogramVec,
     sink_failures: IntCounterVec,
     sources: IntGauge,
+    leader: IntGauge,
 }
 
 /// `prometheus` only fails registration on a duplicate or malformed name, which the fixed
@@ -150,6 +151,13 @@ impl Metrics {
                     &r,
                     IntGauge::with_opts(opts("token_agent_sources", "Configured sources."))?,
                 ),
+                leader: registered(
+                    &r,
+                    IntGauge::with_opts(opts(
+                        "token_agent_leader",
+                        "1 while this replica holds the lease (always 1 without leader election).",
+                    ))?,
+                ),
                 registry: r.clone(),
             })
         })();
@@ -191,6 +199,10 @@ impl Metrics {
         for sink in sinks {
             self.sink_write_duration.with_label_values(&[source, sink]);
         }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn set_sources(&self, n: usize) {

@@ -18,6 +18,9 @@ pub struct SourceStatus {
     #[serde(serialize_with = "rfc3339_opt")]
     pub expires_at: Option<SystemTime>,
     pub last_error_reason: Option<&'static str>,
+    /// Waiting for leadership (another replica holds the Lease): counts as ready.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
     /// A bounded operation in progress: what, since when, and how long it may take.
     #[serde(skip)]
     pub busy: Option<Busy>,
@@ -85,7 +88,7 @@ impl Status {
         let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
         map.values()
             .map(|s| SourceStatus {
-                ready: s.ready && s.expires_at.is_some_and(|e| e > now),
+                ready: s.standby || (s.ready && s.expires_at.is_some_and(|e| e > now)),
                 ..s.clone()
             })
             .collect()

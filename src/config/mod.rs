@@ -40,6 +40,9 @@ pub struct Config {
     /// Allow credentials written directly in this file (a warning is logged for each).
     #[serde(default)]
     pub allow_inline_secrets: bool,
+    /// Several replicas: only the Lease holder runs sources that write Secrets.
+    #[serde(default)]
+    pub leader_election: crate::leader::LeaderElectionConfig,
     /// How many fetches may run at once across all sources.
     #[serde(default = "default_max_concurrent_fetches")]
     pub max_concurrent_fetches: usize,

@@ -18,6 +18,9 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
     if config.max_concurrent_fetches == 0 {
         push("max_concurrent_fetches".into(), "must be at least 1".into());
     }
+    for (field, message) in config.leader_election.check() {
+        push(format!("leader_election.{field}"), message);
+    }
     check_refresh(&config.defaults.refresh, "defaults.refresh", &mut push);
     check_retry(&config.defaults.retry, "defaults.retry", &mut push);
     check_http(&config.defaults.http, "defaults.http", &mut push);
