@@ -10,6 +10,16 @@ if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provide
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+echo "== Kubernetes manifests against the official schemas (kubernetes-validate --strict)"
+if command -v kubernetes-validate >/dev/null 2>&1; then
+  kubernetes-validate --strict --quiet -k 1.33.0 deploy/rbac.yaml
+elif [ -n "${TOKEN_AGENT_REQUIRE_MANIFESTS:-}" ]; then
+  echo "kubernetes-validate is not installed (pip install kubernetes-validate)" >&2
+  exit 1
+else
+  echo "skipped: pip install kubernetes-validate to check deploy/*.yaml"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
