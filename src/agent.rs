@@ -14,6 +14,7 @@ use crate::config::{Config, RefreshPolicy, RetryPolicy};
 use crate::leader::{Elector, LeaderElectionConfig};
 use crate::metrics::Metrics;
 use crate::schedule::{Backoff, refresh_delay};
+use crate::sink::api_portal::ApiPortalSink;
 use crate::sink::{KubeContext, Sink, SinkContext, Written};
 use crate::source::client::{HttpClients, cause_chain};
 use crate::source::{BuildError, Fetch, FetchContext, FetchError, InstanceOutcome, SINGLE, Source};
@@ -80,6 +81,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     election: Option<LeaderElectionConfig>,
     kube: KubeContext,
+    state_dir: std::path::PathBuf,
 }
 
 /// Outcome of one source in `once` mode.
@@ -119,21 +121,23 @@ impl Agent {
                     source_name: s.name.clone(),
                     error,
                 })?;
-            let sinks: Vec<(Sink, String)> = s
-                .sinks
-                .iter()
-                .map(|c| {
-                    let sink = c.build(
-                        &s.name,
-                        &SinkContext {
-                            file: &config.defaults.file,
-                            kube: &kube,
-                        },
-                    );
-                    let label = sink.label();
-                    (sink, label)
-                })
-                .collect();
+            let state_dir = config.state_dir();
+            let ctx = SinkContext {
+                file: &config.defaults.file,
+                kube: &kube,
+                state_dir: &state_dir,
+                http: &http,
+                clients: &clients,
+            };
+            let mut sinks: Vec<(Sink, String)> = Vec::with_capacity(s.sinks.len());
+            for c in &s.sinks {
+                let sink = c.build(&s.name, &ctx).map_err(|e| AgentBuildError {
+                    source_name: s.name.clone(),
+                    error: BuildError::Invalid(e),
+                })?;
+                let label = sink.label();
+                sinks.push((sink, label));
+            }
             shared.status.register(&s.name, s.required);
             let labels: Vec<String> = sinks.iter().map(|(_, label)| label.clone()).collect();
             shared
@@ -164,6 +168,7 @@ impl Agent {
             shared,
             election,
             kube,
+            state_dir: config.state_dir(),
         })
     }
 
@@ -171,8 +176,67 @@ impl Agent {
         self.shared.clone()
     }
 
+    fn portal_sinks(&self) -> impl Iterator<Item = (&str, &ApiPortalSink)> {
+        self.runners.iter().flat_map(|r| {
+            r.sinks.iter().filter_map(move |(sink, _)| match sink {
+                Sink::ApiPortal(p) => Some((r.name.as_str(), p)),
+                _ => None,
+            })
+        })
+    }
+
+    /// `token-agent revoke`: deletes every API-Portal entry recorded for `source` and forgets
+    /// the ids. Returns how many were deleted.
+    pub async fn revoke(&self, source: &str) -> Result<usize, String> {
+        if !self.runners.iter().any(|r| r.name == source) {
+            return Err(format!("no source named `{source}` in the configuration"));
+        }
+        let mut deleted = 0;
+        for (_, portal) in self.portal_sinks().filter(|(name, _)| *name == source) {
+            for instance in portal.stored_instances() {
+                portal
+                    .remove(&instance)
+                    .await
+                    .map_err(|e| format!("{}: {}", portal.label(), cause_chain(&e)))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes API-Portal entries recorded by sinks or sources that are no longer configured,
+    /// with the credentials of a configured sink for the same portal; without one, says so.
+    pub async fn revoke_orphans(&self) {
+        for (path, state) in crate::sink::api_portal::recorded(&self.state_dir) {
+            if self
+                .portal_sinks()
+                .any(|(_, p)| p.owns(&state.source, &state.portal, &state.user))
+            {
+                continue;
+            }
+            match self
+                .portal_sinks()
+                .find(|(_, p)| p.portal() == state.portal)
+            {
+                Some((_, p)) => match p.delete_recorded(&path, &state.token_id).await {
+                    Ok(()) => {
+                        info!(source = %state.source, portal = %state.portal, "deleted the API-Portal entry of a removed sink")
+                    }
+                    Err(e) => {
+                        warn!(source = %state.source, portal = %state.portal, error = %cause_chain(&e), "cannot delete the API-Portal entry of a removed sink")
+                    }
+                },
+                None => warn!(
+                    source = %state.source, portal = %state.portal, state = %path.display(),
+                    "an API-Portal entry of a removed sink remains: no configured sink has credentials for that portal; delete it in the portal, then remove the state file"
+                ),
+            }
+        }
+    }
+
     /// Runs every source until `shutdown` turns true, then lets in-flight writes finish.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.revoke_orphans().await;
         let mut tasks = JoinSet::new();
         let shared = self.shared.clone();
         let mut heartbeat_stop = shutdown.clone();

@@ -50,6 +50,13 @@ enum Command {
         #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Delete the API-Portal entries this agent created for a source, and forget their ids.
+    Revoke {
+        #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        source: String,
+    },
     /// Check a configuration without network access; exit 64 on any problem.
     Validate {
         #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
@@ -99,6 +106,10 @@ fn main() -> ExitCode {
             },
             Command::Once { config } => match load(&config) {
                 Ok(c) => once(c).await,
+                Err(code) => Ok(code),
+            },
+            Command::Revoke { config, source } => match load(&config) {
+                Ok(c) => revoke(c, &source).await,
                 Err(code) => Ok(code),
             },
             Command::Dev {
@@ -235,6 +246,23 @@ async fn once(config: Config) -> anyhow::Result<ExitCode> {
             failed_required.join(", ")
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn revoke(config: Config, source: &str) -> anyhow::Result<ExitCode> {
+    let agent = Agent::build(&config, Clock::system())?;
+    match agent.revoke(source).await {
+        Ok(n) => {
+            println!(
+                "revoked {n} API-Portal entr{} of source `{source}`",
+                if n == 1 { "y" } else { "ies" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

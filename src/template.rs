@@ -23,7 +23,7 @@ pub struct TemplateError {
 }
 
 /// The configured environment: functions `secret(name)`, `basic(id, secret)`; filters
-/// `b64encode` plus minijinja's builtins (`urlencode`, `tojson`, `trim`, …).
+/// `b64encode`, `date(strftime)` (UTC) plus minijinja's builtins (`urlencode`, `tojson`, …).
 pub struct Templates {
     env: Environment<'static>,
 }
@@ -64,6 +64,17 @@ impl Templates {
             )))
         });
         env.add_filter("b64encode", |value: String| STANDARD.encode(value));
+        env.add_filter("date", |value: String, format: String| {
+            let ts: jiff::Timestamp = value.parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "`date` needs an RFC 3339 time such as expires_at",
+                )
+            })?;
+            jiff::fmt::strtime::format(&format, ts).map_err(|e| {
+                Error::new(ErrorKind::InvalidOperation, format!("bad date format: {e}"))
+            })
+        });
         Templates { env }
     }
 
@@ -105,7 +116,7 @@ impl Templates {
         let placeholder = |names: &[&str]| {
             names
                 .iter()
-                .map(|n| (n.to_string(), "x".to_owned()))
+                .map(|n| (n.to_string(), "2000-01-01T00:00:00Z".to_owned())) // time-shaped, so `date` accepts it
                 .collect::<BTreeMap<_, _>>()
         };
         self.render(
@@ -165,6 +176,14 @@ mod tests {
             STANDARD.encode("p@ss:w&rd")
         );
         assert_eq!(r("{{ token }}"), "tok");
+        assert_eq!(
+            r("{{ '2016-10-22T08:00:00Z' | date('%d-%m-%Y') }}"),
+            "22-10-2016"
+        );
+        assert!(
+            t.render("d", "{{ 'soon' | date('%Y') }}", &secrets, &values)
+                .is_err()
+        );
         assert_eq!(
             r("<{{ secret('pw') }}>"),
             "<p@ss:w&rd>",

@@ -41,13 +41,18 @@ fn token(value: &str) -> Token {
 
 fn sink(yaml: &str, kube: &KubeContext) -> Sink {
     let config: SecretSinkConfig = serde_saphyr::from_str(yaml).unwrap();
-    SinkConfig::Secret(Box::new(config)).build(
-        "orders",
-        &SinkContext {
-            file: &Default::default(),
-            kube,
-        },
-    )
+    SinkConfig::Secret(Box::new(config))
+        .build(
+            "orders",
+            &SinkContext {
+                file: &Default::default(),
+                kube,
+                state_dir: std::path::Path::new("/nonexistent"),
+                http: &token_agent::config::HttpConfig::default().resolve(&Default::default()),
+                clients: &Default::default(),
+            },
+        )
+        .unwrap()
 }
 
 async fn next(

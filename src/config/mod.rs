@@ -43,6 +43,9 @@ pub struct Config {
     /// Several replicas: only the Lease holder runs sources that write Secrets.
     #[serde(default)]
     pub leader_election: crate::leader::LeaderElectionConfig,
+    /// Where state that must survive restarts is kept (API-Portal token ids). Default:
+    /// `.token-agent` inside `defaults.file.dir`.
+    pub state_dir: Option<PathBuf>,
     /// How many fetches may run at once across all sources.
     #[serde(default = "default_max_concurrent_fetches")]
     pub max_concurrent_fetches: usize,
@@ -311,6 +314,13 @@ impl Config {
                     .collect(),
             ))
         }
+    }
+
+    /// The state directory, resolved.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.defaults.file.dir.join(".token-agent"))
     }
 
     /// Warnings that do not stop the agent (inline secrets when allowed).

@@ -98,8 +98,13 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
             for (field, message) in sink.check() {
                 push(format!("{sink_at}.{field}"), message);
             }
+            if !config.allow_inline_secrets {
+                for field in sink.inline_secrets() {
+                    push(format!("{sink_at}.{field}"), "credential written in the config: use { file: PATH } or { env: NAME }, or set `allow_inline_secrets: true`".into());
+                }
+            }
             match (source.spec.is_multi_instance(), sink.is_per_instance()) {
-                (true, false) => push(
+                (true, false) if sink.names_one_place() => push(
                     sink_at.clone(),
                     "this source yields one token per tenant: put `{tenant}` in the path, e.g. `path: \"tokens/{tenant}.token\"`".into(),
                 ),

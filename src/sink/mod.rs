@@ -2,6 +2,7 @@
 //!
 //! Adding a kind means one file here and one arm in [`SinkConfig`] and [`Sink`].
 
+pub mod api_portal;
 pub mod atomic;
 pub mod file;
 pub mod format;
@@ -20,12 +21,18 @@ use crate::token::Token;
 pub enum SinkConfig {
     File(file::FileSinkConfig),
     Secret(Box<secret::SecretSinkConfig>),
+    ApiPortal(Box<api_portal::ApiPortalConfig>),
 }
 
 /// What sinks are built with: file defaults and the (lazily created) Kubernetes client.
 pub struct SinkContext<'a> {
     pub file: &'a FileDefaults,
     pub kube: &'a KubeContext,
+    /// Where sinks keep state across restarts (API-Portal token ids).
+    pub state_dir: &'a std::path::Path,
+    /// The source's HTTP settings and the shared clients (for HTTP sinks).
+    pub http: &'a crate::config::HttpSettings,
+    pub clients: &'a crate::source::client::HttpClients,
 }
 
 impl SinkConfig {
@@ -33,6 +40,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Secret(_) => "secret",
+            SinkConfig::ApiPortal(_) => "api_portal",
         }
     }
 
@@ -49,6 +57,25 @@ impl SinkConfig {
                 .into_iter()
                 .map(|(f, m)| (format!("secret.{f}"), m))
                 .collect(),
+            SinkConfig::ApiPortal(c) => c
+                .check()
+                .into_iter()
+                .map(|(f, m)| (format!("api_portal.{f}"), m))
+                .collect(),
+        }
+    }
+
+    /// Whether this sink writes one named place (a file, a Secret), which per-tenant sources
+    /// must name with `{tenant}`. API-Portal keeps one entry per tenant by itself.
+    pub fn names_one_place(&self) -> bool {
+        !matches!(self, SinkConfig::ApiPortal(_))
+    }
+
+    /// Field names of credentials written inline.
+    pub fn inline_secrets(&self) -> Vec<&'static str> {
+        match self {
+            SinkConfig::ApiPortal(c) if c.inline_secrets() => vec!["api_portal.password"],
+            _ => vec![],
         }
     }
 
@@ -57,6 +84,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.path.to_string_lossy().contains(file::TENANT),
             SinkConfig::Secret(c) => c.name.contains(file::TENANT),
+            SinkConfig::ApiPortal(_) => false,
         }
     }
 
@@ -76,14 +104,18 @@ impl SinkConfig {
                     c.name
                 )),
             )),
+            SinkConfig::ApiPortal(_) => None,
         }
     }
 
-    pub fn build(&self, source: &str, ctx: &SinkContext) -> Sink {
-        match self {
+    pub fn build(&self, source: &str, ctx: &SinkContext) -> Result<Sink, String> {
+        Ok(match self {
             SinkConfig::File(c) => Sink::File(c.build(source, ctx.file)),
             SinkConfig::Secret(c) => Sink::Secret(c.build(source, ctx.kube)),
-        }
+            SinkConfig::ApiPortal(c) => {
+                Sink::ApiPortal(c.build(source, ctx.state_dir, ctx.http, ctx.clients)?)
+            }
+        })
     }
 }
 
@@ -94,6 +126,8 @@ pub enum SinkError {
     File(#[from] AtomicError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Portal(#[from] api_portal::PortalError),
     #[error("sink task failed: {0}")]
     Join(String),
 }
@@ -103,6 +137,7 @@ impl SinkError {
         match self {
             SinkError::File(e) => e.reason(),
             SinkError::Secret(e) => e.reason(),
+            SinkError::Portal(e) => e.reason(),
             SinkError::Join(_) => "internal",
         }
     }
@@ -113,6 +148,7 @@ impl SinkError {
 pub enum Sink {
     File(file::FileSink),
     Secret(secret::SecretSink),
+    ApiPortal(api_portal::ApiPortalSink),
 }
 
 impl Sink {
@@ -121,6 +157,7 @@ impl Sink {
         match self {
             Sink::File(s) => s.label(),
             Sink::Secret(s) => s.label(),
+            Sink::ApiPortal(s) => s.label(),
         }
     }
 
@@ -141,6 +178,11 @@ impl Sink {
                 .await
                 .map(|()| Written::Replaced)
                 .map_err(SinkError::from),
+            Sink::ApiPortal(s) => s
+                .write(token, instance)
+                .await
+                .map(|()| Written::Replaced)
+                .map_err(SinkError::from),
         }
     }
 
@@ -155,6 +197,7 @@ impl Sink {
                     .map_err(SinkError::from)
             }
             Sink::Secret(s) => s.remove(instance).await.map_err(SinkError::from),
+            Sink::ApiPortal(s) => s.remove(instance).await.map_err(SinkError::from),
         }
     }
 
@@ -169,7 +212,7 @@ impl Sink {
                     .flatten()
             }
             // Warm restarts read the file sinks; a Secret is simply applied again.
-            Sink::Secret(_) => None,
+            Sink::Secret(_) | Sink::ApiPortal(_) => None,
         }
     }
 }

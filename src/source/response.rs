@@ -258,7 +258,12 @@ fn number(v: &Value) -> Option<f64> {
 /// (`error`, `error_description`; also Apinizer), AppViewX (`appStatusCode`, `message`) and
 /// MindSphere (`errors[0].code`, `errors[0].message`). Scrubbed of `secrets`.
 pub fn describe_error_body(body: &[u8], secrets: &[&str]) -> Option<String> {
-    let json: Value = serde_json::from_slice(body).ok()?;
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        // A short plain-text answer (API-Portal's, say) is the message itself; HTML is not.
+        let text = std::str::from_utf8(body).ok()?.trim();
+        let plain = !text.is_empty() && !text.starts_with('<') && text.len() <= 1024;
+        return plain.then(|| scrub(text, secrets));
+    };
     let text = |p: &str| {
         json.pointer(p)
             .and_then(Value::as_str)
@@ -479,5 +484,10 @@ mod tests {
             "invalid_client: secret <redacted> is wrong"
         );
         assert_eq!(describe_error_body(b"<html>", &[]), None);
+        assert_eq!(
+            describe_error_body(b"Mandatory property missing\n", &[]).unwrap(),
+            "Mandatory property missing"
+        );
+        assert_eq!(describe_error_body(b"", &[]), None);
     }
 }

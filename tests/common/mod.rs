@@ -2,6 +2,7 @@
 //! helpers to run the agent from a YAML string.
 #![allow(dead_code)]
 
+pub mod api_portal;
 pub mod kube_api;
 pub mod mindsphere;
 pub mod vendors;

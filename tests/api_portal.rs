@@ -1,0 +1,334 @@
+//! The `api_portal` sink against a mock webMethods API-Portal written from seed 004: POST then
+//! PUT with the stored id, the id surviving restarts, 404 → create again, DELETE on revoke and
+//! for removed sinks, errors, rendered properties, and no token or password in any output.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Mock;
+use common::api_portal::{PATH, Portal, methods};
+use token_agent::agent::Agent;
+use token_agent::clock::Clock;
+use token_agent::config::Config;
+use token_agent::dev::issuer::Issuer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
+
+struct Setup {
+    dir: tempfile::TempDir,
+    issuer: Issuer,
+    portal: Portal,
+    mock: Mock,
+}
+
+async fn setup(ttl: u64) -> Setup {
+    let portal = Portal::default();
+    let mock = portal.start().await;
+    let issuer = Issuer::start("c", "issuer-s3cret", Duration::from_secs(ttl))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), "issuer-s3cret").unwrap();
+    std::fs::write(dir.path().join("portal-password"), "appr0ver-pw").unwrap();
+    Setup {
+        dir,
+        issuer,
+        portal,
+        mock,
+    }
+}
+
+impl Setup {
+    fn config(&self, sources: &[&str], password_file: &str) -> PathBuf {
+        let source = |name: &str| {
+            format!(
+                "  - name: {name}\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - file: {{ path: {name}.token }}\n      - api_portal:\n          url: 'http://{}'\n          username: approver\n          password: {{ file: '{}' }}\n          user: 4ee9c60c-c32e-3615-83c4-5dc6822c45de\n          properties:\n            - {{ key: applicationName, value: Weather App }}\n            - {{ key: Access Token Type, value: API Key }}\n            - {{ key: x-Api-Key, value: '{{{{ token }}}}' }}\n            - {{ key: How To Use, value: 'send it as a {{{{ token_type }}}} token ({{{{ source }}}})' }}\n            - {{ key: Expiration Date, value: \"{{{{ expires_at | date('%d-%m-%Y') }}}}\" }}\n",
+                self.issuer.token_url(),
+                self.dir.path().join("client-secret").display(),
+                self.mock.addr,
+                self.dir.path().join(password_file).display()
+            )
+        };
+        let body: String = sources.iter().map(|s| source(s)).collect();
+        let path = self.dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "defaults:\n  file: {{ dir: '{}' }}\n  refresh: {{ min_interval: 100ms }}\n  retry: {{ initial: 100ms, max: 300ms }}\nserver: {{ enabled: false }}\nsources:\n{body}",
+                self.dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn token(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("tokens/{name}.token")))
+            .unwrap_or_default()
+    }
+
+    fn state_files(&self) -> Vec<PathBuf> {
+        let dir = self.dir.path().join("tokens/.token-agent/api-portal");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|s| {
+                        std::fs::read_dir(s.path())
+                            .unwrap()
+                            .flatten()
+                            .map(|f| f.path())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+async fn once(config: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(config).unwrap();
+    let config = Config::parse(&text, config).unwrap_or_else(|e| panic!("{e}"));
+    let outcomes = Agent::build(&config, Clock::system()).unwrap().once().await;
+    outcomes.into_iter().try_for_each(|o| o.result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_then_renews_with_the_stored_id_and_renders_every_property() {
+    let s = setup(2).await;
+    let config = s.config(&["weather"], "portal-password");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let agent = Agent::build(&Config::parse(&text, &config).unwrap(), Clock::system()).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while methods(&s.mock).iter().filter(|(m, _)| m == "PUT").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "renewals: {:?}",
+            methods(&s.mock)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    let calls = methods(&s.mock);
+    assert_eq!(calls[0], ("POST".into(), PATH.into()));
+    let entries = s.portal.entries.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1, "one entry, renewed in place: {calls:?}");
+    let id = entries.keys().next().unwrap().clone();
+    assert!(
+        calls[1..]
+            .iter()
+            .all(|c| *c == ("PUT".into(), format!("{PATH}/{id}"))),
+        "{calls:?}"
+    );
+    let first = &s.mock.requests()[0];
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    assert_eq!(first.json()["user"], "4ee9c60c-c32e-3615-83c4-5dc6822c45de");
+    let (_, props) = &entries[&id];
+    assert_eq!(props["applicationName"], "Weather App");
+    assert_eq!(props["Access Token Type"], "API Key");
+    assert_eq!(
+        props["x-Api-Key"],
+        s.token("weather"),
+        "the portal holds the current token"
+    );
+    assert_eq!(props["How To Use"], "send it as a Bearer token (weather)");
+    let today = jiff::Timestamp::now().strftime("%d-%m-%Y").to_string();
+    let tomorrow = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24))
+        .strftime("%d-%m-%Y")
+        .to_string();
+    assert!(
+        props["Expiration Date"] == today || props["Expiration Date"] == tomorrow,
+        "{}",
+        props["Expiration Date"]
+    );
+}
+
+#[tokio::test]
+async fn a_restart_reuses_the_id_and_a_lost_entry_is_created_again() {
+    let s = setup(600).await;
+    let config = s.config(&["weather"], "portal-password");
+    once(&config).await.unwrap();
+    assert_eq!(s.state_files().len(), 1);
+    // A new process: the token on disk is reused and the portal entry renewed, not duplicated.
+    once(&config).await.unwrap();
+    let calls: Vec<String> = methods(&s.mock).into_iter().map(|(m, _)| m).collect();
+    assert_eq!(calls, ["POST", "PUT"]);
+    assert_eq!(s.portal.entries.lock().unwrap().len(), 1);
+
+    // The portal loses the entry: PUT answers 404, the agent creates it again and keeps the new id.
+    s.portal.entries.lock().unwrap().clear();
+    once(&config).await.unwrap();
+    let calls: Vec<String> = methods(&s.mock).into_iter().map(|(m, _)| m).collect();
+    assert_eq!(calls, ["POST", "PUT", "PUT", "POST"]);
+    let new_id = s
+        .portal
+        .entries
+        .lock()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let state = std::fs::read_to_string(&s.state_files()[0]).unwrap();
+    assert!(state.contains(&new_id), "{state}");
+}
+
+#[tokio::test]
+async fn revoke_and_removed_sinks_delete_only_recorded_ids() {
+    let s = setup(600).await;
+    let config = s.config(&["weather", "maps"], "portal-password");
+    once(&config).await.unwrap();
+    assert_eq!(s.portal.entries.lock().unwrap().len(), 2);
+    // Someone else's entry in the same portal is never touched.
+    s.portal
+        .entries
+        .lock()
+        .unwrap()
+        .insert("not-ours".into(), ("x".into(), Default::default()));
+
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "weather",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "revoked 1 API-Portal entry of source `weather`"
+    );
+    assert_eq!(
+        s.portal.entries.lock().unwrap().len(),
+        2,
+        "maps and not-ours remain"
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "weather",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "revoked 0 API-Portal entries of source `weather`"
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "nope",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // `maps` is removed from the config: its entry is deleted when the agent starts.
+    once(&config).await.unwrap(); // weather again (new entry)
+    let config = s.config(&["weather"], "portal-password");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let agent = Agent::build(&Config::parse(&text, &config).unwrap(), Clock::system()).unwrap();
+    agent.revoke_orphans().await;
+    let deletes: Vec<String> = methods(&s.mock)
+        .into_iter()
+        .filter(|(m, _)| m == "DELETE")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    let left: Vec<String> = s.portal.entries.lock().unwrap().keys().cloned().collect();
+    assert_eq!(left.len(), 2, "weather's new entry and not-ours: {left:?}");
+    assert!(left.contains(&"not-ours".to_owned()));
+    assert_eq!(s.state_files().len(), 1);
+}
+
+#[tokio::test]
+async fn errors_are_clear_and_the_file_sink_goes_on() {
+    let s = setup(600).await;
+    std::fs::write(s.dir.path().join("wrong-password"), "wrong").unwrap();
+    let config = s.config(&["weather"], "wrong-password");
+    let err = once(&config).await.unwrap_err();
+    assert!(err.contains("sinks could not be written"), "{err}");
+    assert!(
+        !s.token("weather").is_empty(),
+        "the file sink was written anyway"
+    );
+    assert!(
+        s.state_files().is_empty(),
+        "no id without a successful POST"
+    );
+
+    let fresh = setup(600).await;
+    fresh
+        .portal
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let config = fresh.config(&["weather"], "portal-password");
+    let out = tokio::process::Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Command::new("kill")
+        .args(["-TERM", &out.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let output = out.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains("answered HTTP 500: Internal Server Error"),
+        "the portal's message is logged"
+    );
+    let token = fresh.token("weather");
+    assert!(!token.is_empty());
+    for needle in [token.as_str(), "appr0ver-pw", "issuer-s3cret"] {
+        assert!(!logs.contains(needle), "{needle} leaked into the logs");
+    }
+}
+
+#[test]
+fn validate_requires_the_mandatory_properties() {
+    let yaml = "sources:\n  - name: s\n    kind: oauth2\n    token_url: https://x/t\n    auth: none\n    sinks:\n      - api_portal: { url: 'http://portal:18101', username: u, password: { env: P }, user: x, properties: [ { key: x-Api-Key, value: '{{ tokn }}' } ] }\n";
+    let err = Config::parse(yaml, Path::new("p.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sources[0].sinks[0].api_portal.properties: API-Portal requires a `applicationName` property"), "{err}");
+    assert!(
+        err.contains("API-Portal requires a `Access Token Type` property"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sources[0].sinks[0].api_portal.properties[0].value:"),
+        "{err}"
+    );
+    let inline = yaml.replace("password: { env: P }", "password: hunter2");
+    let err = Config::parse(&inline, Path::new("p.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("api_portal.password: credential written in the config"),
+        "{err}"
+    );
+}
