@@ -194,7 +194,7 @@ async fn two_agents_one_writer_and_failover() {
     }
     let took = killed_at.elapsed();
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(6),
         "take-over within the lease duration plus a renewal ({took:?})"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
