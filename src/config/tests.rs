@@ -1,3 +1,4 @@
+//! Compiled only for tests: `#[cfg(test)] mod tests;` in config/mod.rs.
 //! The configuration error table: each case is a document, the field path, the line and
 //! column, and a piece of the message a user must see.
 

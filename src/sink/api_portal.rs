@@ -263,14 +263,6 @@ impl ApiPortalSink {
         .map_err(|e| fail(e.to_string()))
     }
 
-    fn forget(&self, instance: &str) -> Result<(), PortalError> {
-        let path = self.state_path(instance);
-        atomic::remove(&path).map_err(|e| PortalError::State {
-            path,
-            detail: e.to_string(),
-        })
-    }
-
     fn request(
         &self,
         method: reqwest::Method,
@@ -376,20 +368,10 @@ impl ApiPortalSink {
 
     /// Deletes the entry this agent created for `instance`, and forgets its id.
     pub async fn remove(&self, instance: &str) -> Result<(), PortalError> {
-        let Some(id) = self.load_id(instance) else {
-            return Ok(());
-        };
-        let shown = format!("{}{PATH}", self.inner.shown);
-        let (request, secrets) = self.request(
-            reqwest::Method::DELETE,
-            format!("{}{PATH}/{id}", self.inner.base),
-        )?;
-        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let reply = client::send(request, &shown, self.inner.timeout).await?;
-        if reply.status != 404 {
-            reply.success(&shown, &refs)?;
+        match self.load_id(instance) {
+            Some(id) => self.delete_recorded(&self.state_path(instance), &id).await,
+            None => Ok(()),
         }
-        self.forget(instance)
     }
 
     /// The portal this sink talks to, as shown in logs and state files.
@@ -397,8 +379,8 @@ impl ApiPortalSink {
         &self.inner.shown
     }
 
-    /// Deletes an id recorded by another (since removed) sink or source for the same portal,
-    /// using this sink's credentials, then removes its state file.
+    /// Deletes a recorded id (this sink's, or one left by a removed sink or source for the same
+    /// portal) with this sink's credentials, then removes its state file. A 404 counts as done.
     pub async fn delete_recorded(&self, state_file: &Path, id: &str) -> Result<(), PortalError> {
         if !usable_id(id) {
             return Ok(());

@@ -1,3 +1,4 @@
+//! Compiled only for tests: `#[cfg(test)] pub mod scripted;` in source/mod.rs.
 //! A source that replays a script, for scheduler tests under paused time (compiled in tests
 //! only: real HTTP and a paused clock do not mix).
 
