@@ -25,11 +25,18 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
     let served = count.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             let served = served.clone();
             tokio::spawn(async move {
-                let body = format!(r#"{{"access_token":"bench-token-0123456789abcdef0123456789abcdef","token_type":"Bearer","expires_in":{expires_in}}}"#);
-                let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                let body = format!(
+                    r#"{{"access_token":"bench-token-0123456789abcdef0123456789abcdef","token_type":"Bearer","expires_in":{expires_in}}}"#
+                );
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
                 let mut buf = vec![0u8; 8192];
                 let mut pending: Vec<u8> = Vec::new();
                 loop {
@@ -41,7 +48,11 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
                     // One reply per complete request (headers; bodies are small and sent at once).
                     while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
-                        let body_len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+                        let body_len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
                         if pending.len() < end + 4 + body_len {
                             break;
                         }
@@ -58,7 +69,13 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, count)
 }
 
-fn config(dir: &Path, addr: SocketAddr, sources: usize, refresh: &str, concurrency: usize) -> PathBuf {
+fn config(
+    dir: &Path,
+    addr: SocketAddr,
+    sources: usize,
+    refresh: &str,
+    concurrency: usize,
+) -> PathBuf {
     let mut text = format!(
         "defaults:\n  file: {{ dir: '{}', mode: '0600' }}\n  refresh: {refresh}\n  retry: {{ initial: 50ms, max: 1s }}\nserver: {{ enabled: false }}\nmax_concurrent_fetches: {concurrency}\nsources:\n",
         dir.display()
@@ -72,91 +89,179 @@ fn config(dir: &Path, addr: SocketAddr, sources: usize, refresh: &str, concurren
 }
 
 fn token_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".token") && !e.file_name().to_string_lossy().starts_with('.')).count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name().to_string_lossy().ends_with(".token")
+                        && !e.file_name().to_string_lossy().starts_with('.')
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 fn spawn(config: &Path) -> Child {
-    Command::new(BIN).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap()
+    Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
 fn shm_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(name).tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in("/dev/shm")
+        .unwrap_or_else(|_| tempfile::tempdir().unwrap())
 }
 
 /// wrk's request rate against `addr` with `connections` connections for `secs`.
 fn wrk(addr: SocketAddr, connections: usize, secs: u64) -> Option<f64> {
-    let out = Command::new("wrk").args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), &format!("http://{addr}/token")]).output().ok()?;
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            &format!("http://{addr}/token"),
+        ])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let counts: Vec<usize> = std::env::var("BENCH_SOURCES").unwrap_or_else(|_| "10,1000,10000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    // `cargo test --all-targets` also runs bench targets (without `--bench`): do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/scale.rs: run with `cargo bench --bench scale`");
+        return;
+    }
+    let counts: Vec<usize> = std::env::var("BENCH_SOURCES")
+        .unwrap_or_else(|_| "10,1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     let starts: usize = env_or("BENCH_STARTS", 20);
     let sustain_secs: u64 = env_or("BENCH_SUSTAIN_SECS", 5);
     println!("token-agent {} — {BIN}", env!("CARGO_PKG_VERSION"));
-    println!("binary size: {:.1} MiB", std::fs::metadata(BIN).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0));
+    println!(
+        "binary size: {:.1} MiB",
+        std::fs::metadata(BIN)
+            .map(|m| m.len() as f64 / 1048576.0)
+            .unwrap_or(0.0)
+    );
 
     // 1. Scale: time to every first token, peak RSS.
-    let (addr, _) = issuer("1800").await;
+    let (addr, served) = issuer("1800").await;
     println!("\n| sources | all first tokens written | peak RSS (VmHWM) | RSS after |");
     println!("|---:|---:|---:|---:|");
     for &n in &counts {
         let dir = shm_dir("ta-bench-scale");
         let cfg = config(dir.path(), addr, n, "{ at: 80%, jitter: 10% }", 32);
+        let base = served.load(Ordering::Relaxed);
         let started = Instant::now();
         let child = spawn(&cfg);
         let pid = child.id();
+        // Watch the issuer (cheap) until every source has fetched, then the directory (a
+        // readdir of 20 000 entries every few ms would compete with the agent for the CPU).
+        while served.load(Ordering::Relaxed) - base < n as u64
+            && started.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         while token_files(dir.path()) < n && started.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = started.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (hwm, rss) = (status_kib(pid, "VmHWM:"), status_kib(pid, "VmRSS:"));
         stop(child);
-        println!("| {n} | {:.0} ms | {:.1} MiB | {:.1} MiB |", took.as_secs_f64() * 1000.0, hwm as f64 / 1024.0, rss as f64 / 1024.0);
+        println!(
+            "| {n} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+            took.as_secs_f64() * 1000.0,
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0
+        );
     }
 
     // 2. Sustained refreshes per second vs wrk with the same connection count.
     let (fast, served) = issuer("0.05").await;
     let connections = 32;
     let dir = shm_dir("ta-bench-sustain");
-    let cfg = config(dir.path(), fast, 1000, "{ at: 50%, jitter: 0%, min_interval: 1ms }", connections);
+    let cfg = config(
+        dir.path(),
+        fast,
+        1000,
+        "{ at: 50%, jitter: 0%, min_interval: 1ms }",
+        connections,
+    );
     let child = spawn(&cfg);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = served.load(Ordering::Relaxed);
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(sustain_secs)).await;
-    let agent_rate = (served.load(Ordering::Relaxed) - before) as f64 / window.elapsed().as_secs_f64();
+    let agent_rate =
+        (served.load(Ordering::Relaxed) - before) as f64 / window.elapsed().as_secs_f64();
     stop(child);
-    let wrk_rate = tokio::task::spawn_blocking(move || wrk(fast, connections, sustain_secs)).await.unwrap();
-    println!("\nsustained refreshes (1000 sources, 50 ms tokens, {connections} concurrent fetches, tmpfs):");
+    let wrk_rate = tokio::task::spawn_blocking(move || wrk(fast, connections, sustain_secs))
+        .await
+        .unwrap();
+    println!(
+        "\nsustained refreshes (1000 sources, 50 ms tokens, {connections} concurrent fetches, tmpfs):"
+    );
     match wrk_rate {
-        Some(w) => println!("  agent {agent_rate:.0}/s, wrk -c{connections} {w:.0}/s, ratio {:.0} %", agent_rate / w * 100.0),
+        Some(w) => println!(
+            "  agent {agent_rate:.0}/s, wrk -c{connections} {w:.0}/s, ratio {:.0} %",
+            agent_rate / w * 100.0
+        ),
         None => println!("  agent {agent_rate:.0}/s (wrk not installed: apt-get install wrk)"),
     }
 
@@ -171,7 +276,12 @@ async fn main() {
     let ticks = cpu_ticks(pid) - t0;
     stop(child);
     let hz = 100.0; // USER_HZ on Linux
-    println!("\nidle: 10 sources, 30-min tokens: {:.0} ms CPU in {idle_secs} s ({:.4} % of a core), RSS {:.1} MiB", ticks as f64 / hz * 1000.0, ticks as f64 / hz / idle_secs as f64 * 100.0, rss as f64 / 1024.0);
+    println!(
+        "\nidle: 10 sources, 30-min tokens: {:.0} ms CPU in {idle_secs} s ({:.4} % of a core), RSS {:.1} MiB",
+        ticks as f64 / hz * 1000.0,
+        ticks as f64 / hz / idle_secs as f64 * 100.0,
+        rss as f64 / 1024.0
+    );
 
     // 4. Start-up: process start to first token file, median of `starts` runs.
     let mut samples = Vec::new();
@@ -187,5 +297,10 @@ async fn main() {
         stop(child);
     }
     samples.sort_by(f64::total_cmp);
-    println!("\nstart-up to first token file: median {:.1} ms, min {:.1} ms, max {:.1} ms ({starts} runs)", samples[samples.len() / 2], samples[0], samples[samples.len() - 1]);
+    println!(
+        "\nstart-up to first token file: median {:.1} ms, min {:.1} ms, max {:.1} ms ({starts} runs)",
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1]
+    );
 }

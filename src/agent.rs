@@ -157,6 +157,7 @@ impl Agent {
                     && s.sinks.iter().any(|k| k.kind() == "secret"),
             });
         }
+        sweep_stale_temporaries(&runners);
         shared.metrics.set_sources(runners.len());
         shared.metrics.set_leader(!config.leader_election.enabled);
         let election = config
@@ -297,6 +298,22 @@ struct Instance {
     /// `delivered[i]`: sink `i` holds this token.
     delivered: Vec<bool>,
     refresh_at: SystemTime,
+}
+
+/// Removes what killed writes of an earlier run left in the sink directories, one directory
+/// read each, before any write of this run starts.
+fn sweep_stale_temporaries(runners: &[SourceRunner]) {
+    let mut by_dir: BTreeMap<std::path::PathBuf, BTreeSet<String>> = BTreeMap::new();
+    for (sink, _) in runners.iter().flat_map(|r| &r.sinks) {
+        if let Sink::File(f) = sink
+            && let Some((dir, prefixes)) = f.stale_prefixes()
+        {
+            by_dir.entry(dir).or_default().extend(prefixes);
+        }
+    }
+    for (dir, prefixes) in by_dir {
+        crate::sink::atomic::remove_stale_temporaries(&dir, &prefixes);
+    }
 }
 
 /// Runs leader election until `shutdown`, publishing leadership to the source loops and the

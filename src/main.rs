@@ -80,8 +80,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     token_agent::install_crypto_provider();
+    // Two workers are plenty for I/O-bound work; file writes run on a small blocking pool so
+    // ten thousand sources do not become hundreds of OS threads.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
     {

@@ -197,18 +197,17 @@ fn sync_dir(dir: &Path) -> Result<(), AtomicError> {
         .map_err(io_err("fsync directory", dir))
 }
 
-/// Removes temporary files a killed writer left next to `path` (`.tmp-<name>-*`). Only the
-/// agent writes these names, and only one agent owns a sink directory.
-pub fn remove_stale_temporaries(path: &Path) {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let prefix = format!(".tmp-{}-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else {
+/// Removes temporary files a killed writer left in `dir`: names starting with one of
+/// `prefixes` (`.tmp-<file name>-…`). One directory read however many sinks share `dir`; run
+/// before any write starts, so no live temporary file can match.
+pub fn remove_stale_temporaries(dir: &Path, prefixes: &std::collections::BTreeSet<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -287,10 +286,9 @@ mod tests {
     #[test]
     fn stale_temporaries_of_a_killed_writer_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
         fs::write(dir.path().join(".tmp-t-abc123"), b"half").unwrap();
         fs::write(dir.path().join(".tmp-other-abc123"), b"keep").unwrap();
-        remove_stale_temporaries(&path);
+        remove_stale_temporaries(dir.path(), &[".tmp-t-".to_owned()].into_iter().collect());
         assert!(!dir.path().join(".tmp-t-abc123").exists());
         assert!(dir.path().join(".tmp-other-abc123").exists());
     }

@@ -5,8 +5,6 @@
 //! instead of fetching a new one, and the hash proves the file and the metadata belong together.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +72,6 @@ impl FileSinkConfig {
                 .clone()
                 .unwrap_or_else(|| format::default_env_name(source)),
             source: source.to_owned(),
-            swept: Arc::default(),
         }
     }
 }
@@ -124,8 +121,6 @@ pub struct FileSink {
     owner: Ownership,
     env_name: String,
     source: String,
-    /// Whether leftovers of an earlier, killed run were cleared.
-    swept: Arc<AtomicBool>,
 }
 
 impl FileSink {
@@ -162,10 +157,6 @@ impl FileSink {
     /// Writes `token` for `instance` (blocking I/O; the agent runs it off the async threads).
     pub fn write(&self, token: &Token, instance: &str) -> Result<Written, AtomicError> {
         let target = atomic::resolve(&self.dir, &self.relative(instance)?)?;
-        if !self.swept.swap(true, Ordering::Relaxed) {
-            atomic::remove_stale_temporaries(&target);
-            atomic::remove_stale_temporaries(&Self::meta_path(&target));
-        }
         let written = atomic::write(
             &target,
             &self.format.render(token, &self.source, &self.env_name),
@@ -186,6 +177,24 @@ impl FileSink {
         };
         atomic::write(&Self::meta_path(&target), &meta_bytes, meta_owner)?;
         Ok(written)
+    }
+
+    /// The directory this sink writes in and the temporary-file prefixes a killed write of it
+    /// could leave there (token and metadata), for the sweep at start.
+    pub fn stale_prefixes(&self) -> Option<(PathBuf, Vec<String>)> {
+        let path = self.path.to_string_lossy().into_owned();
+        let (parent, file) = match path.rsplit_once('/') {
+            Some((parent, file)) => (self.dir.join(parent), file.to_owned()),
+            None => (self.dir.clone(), path),
+        };
+        if parent.to_string_lossy().contains(TENANT) {
+            return None; // one directory per tenant: nothing known to sweep up front
+        }
+        let stem = file.split(TENANT).next().unwrap_or_default().to_owned();
+        Some((
+            parent,
+            vec![format!(".tmp-{stem}"), format!(".tmp-.{stem}")],
+        ))
     }
 
     /// Removes the files of an instance that went away (per-instance paths only).
