@@ -53,6 +53,10 @@ fn files(dir: &Path) -> Vec<String> {
     names
 }
 
+fn service_with(tenants: &[String]) -> MindSphere {
+    MindSphere::new(&tenants.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn tenants(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("tenant{i:03}")).collect()
 }
@@ -109,8 +113,7 @@ async fn single_user_tenant_sends_the_documented_request() {
 async fn a_tenant_list_is_fetched_in_batches_of_the_configured_size() {
     for (batch, want) in [(None, vec![5, 2]), (Some(2), vec![2, 2, 2, 1])] {
         let names = tenants(7);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let service = MindSphere::new(&refs);
+        let service = service_with(&names);
         let mock = service.start().await;
         let dir = tempfile::tempdir().unwrap();
         let batch_line = batch
@@ -162,8 +165,7 @@ async fn a_tenant_list_is_fetched_in_batches_of_the_configured_size() {
 async fn all_tenants_pages_through_user_tenants_with_the_operator_token() {
     for n in [0usize, 100, 101, 250] {
         let names = tenants(n);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let service = MindSphere::new(&refs);
+        let service = service_with(&names);
         let mock = service.start().await;
         let dir = tempfile::tempdir().unwrap();
         let outcome = once(&config(
@@ -210,8 +212,7 @@ async fn all_tenants_pages_through_user_tenants_with_the_operator_token() {
 #[tokio::test]
 async fn a_failed_batch_does_not_discard_the_other_tenants() {
     let names = tenants(12);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let service = MindSphere::new(&refs);
+    let service = service_with(&names);
     *service.failing_tenant.lock().unwrap() = Some("tenant007".into());
     let mock = service.start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -242,8 +243,7 @@ async fn a_failed_batch_does_not_discard_the_other_tenants() {
 #[tokio::test]
 async fn throttling_is_honoured_and_stops_further_batches() {
     let names = tenants(12);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut service = MindSphere::new(&refs);
+    let mut service = service_with(&names);
     service.retry_after = 2;
     service
         .throttle
