@@ -337,6 +337,61 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     assert!(!log.contains(&first), "the token never appears in the log");
 }
 
+/// Everything an agent run printed and served, for the secret sentinel checks.
+struct Observed {
+    printed: String,
+    metrics: String,
+    ready: String,
+}
+
+impl Observed {
+    fn assert_absent(&self, needles: &[&str]) {
+        for (what, body) in [
+            ("output", &self.printed),
+            ("metrics", &self.metrics),
+            ("readyz", &self.ready),
+        ] {
+            for needle in needles {
+                assert!(!body.contains(needle), "{needle} leaked into {what}");
+            }
+        }
+    }
+}
+
+/// Runs `args` at trace level until `done`, scrapes `/metrics` and `/readyz`, stops it with
+/// SIGTERM (asserting exit 0) and returns what it printed and served.
+async fn observe(
+    args: &[&str],
+    port: u16,
+    what: &str,
+    done: impl AsyncFnMut() -> bool,
+) -> Observed {
+    let mut child = agent(args)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    wait_for(what, done).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
+    let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    Observed {
+        printed: format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap()),
+        metrics,
+        ready,
+    }
+}
+
 /// Runs the agent at trace level through successes and failures (client_secret_basic and
 /// client_secret_post), then searches everything it printed or served for the credentials
 /// and the tokens.
@@ -370,29 +425,14 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
             source("post", "post")
         ),
     );
-    let mut child = agent(&["--log-format", "json", "run", "--config", &config])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for("several refresh cycles", async || {
-        mock.requests().len() >= 12
-    })
+    let seen = observe(
+        &["--log-format", "json", "run", "--config", &config],
+        port,
+        "several refresh cycles",
+        async || mock.requests().len() >= 12,
+    )
     .await;
-    let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
-    let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let printed = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
+    let printed = &seen.printed;
 
     assert!(
         printed.contains("refresh failed"),
@@ -407,15 +447,7 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
     assert!(written.starts_with(TOKEN), "the sink did receive the token");
     let basic = mock.requests().iter().find_map(|r| r.basic_raw()).unwrap();
     assert_eq!(basic.1, SECRET, "the credential did go over the wire");
-    for (what, body) in [
-        ("output", &printed),
-        ("metrics", &metrics),
-        ("readyz", &ready),
-    ] {
-        for needle in [SECRET, ID, TOKEN, "SENTINEL-QUERY"] {
-            assert!(!body.contains(needle), "{needle} leaked into {what}");
-        }
-    }
+    seen.assert_absent(&[SECRET, ID, TOKEN, "SENTINEL-QUERY"]);
 }
 
 /// The same promise for every kind: mindsphere (all tenants), odin_oa, http and exec, at
@@ -459,20 +491,10 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
             http.url("/t"),
         ),
     );
-    let mut child = agent(&["run", "--config", &config])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let base = format!("http://127.0.0.1:{port}");
     let tokens = dir.path().join("tokens");
-    wait_for(
+    let seen = observe(
+        &["run", "--config", &config],
+        port,
         "tokens of every kind and a failing http source",
         async || {
             tokens.join("oa.token").exists()
@@ -482,13 +504,7 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
         },
     )
     .await;
-    let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
-    let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let printed = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
+    let printed = &seen.printed;
     assert!(
         printed.contains("key <redacted> is revoked"),
         "the http error was logged, scrubbed"
@@ -508,16 +524,6 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
     for t in ["t1", "t2", "t3"] {
         needles.push(std::fs::read_to_string(tokens.join(format!("mdsp/{t}.token"))).unwrap());
     }
-    for (what, body) in [
-        ("output", &printed),
-        ("metrics", &metrics),
-        ("readyz", &ready),
-    ] {
-        for needle in &needles {
-            assert!(
-                !body.contains(needle.as_str()),
-                "{needle} leaked into {what}"
-            );
-        }
-    }
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    seen.assert_absent(&needles);
 }

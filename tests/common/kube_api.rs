@@ -48,6 +48,18 @@ fn status(code: StatusCode, reason: &str, message: String, kind: &str, name: &st
     (code, Json(body)).into_response()
 }
 
+/// `404 NotFound` for `kind` (e.g. `secrets`, `leases.coordination.k8s.io`) named `name`.
+fn not_found(kind: &str, name: &str) -> Response {
+    let short = kind.split('.').next().unwrap_or(kind);
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{kind} \"{name}\" not found"),
+        short,
+        name,
+    )
+}
+
 impl KubeApi {
     pub async fn start(namespaces: &[&str]) -> KubeApi {
         let api = KubeApi {
@@ -161,25 +173,13 @@ async fn secret(
         return unauthorized();
     }
     if !api.store.lock().unwrap().namespaces.contains(&ns) {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("namespaces \"{ns}\" not found"),
-            "namespaces",
-            &ns,
-        );
+        return not_found("namespaces", &ns);
     }
     let key = ("Secret".to_owned(), ns.clone(), name.clone());
     match method {
         Method::GET => match api.get("Secret", &ns, &name) {
             Some(obj) => Json(obj).into_response(),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("secrets \"{name}\" not found"),
-                "secrets",
-                &name,
-            ),
+            None => not_found("secrets", &name),
         },
         Method::PATCH => {
             if api.forbid_secrets.load(Ordering::SeqCst) {
@@ -247,13 +247,7 @@ async fn secret(
                 .and_then(|b| b["preconditions"]["uid"].as_str().map(str::to_owned));
             let mut store = api.store.lock().unwrap();
             match store.objects.get(&key).cloned() {
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("secrets \"{name}\" not found"),
-                    "secrets",
-                    &name,
-                ),
+                None => not_found("secrets", &name),
                 Some(obj)
                     if precondition
                         .as_ref()
@@ -299,13 +293,7 @@ async fn token_request(
     }
     let has_sa = api.get("ServiceAccount", &ns, &name).is_some();
     if !has_sa {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("serviceaccounts \"{name}\" not found"),
-            "serviceaccounts",
-            &name,
-        );
+        return not_found("serviceaccounts", &name);
     }
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
         return status(
@@ -397,13 +385,7 @@ async fn lease(
     match method {
         Method::GET => match api.get("Lease", &ns, &name) {
             Some(obj) => Json(obj).into_response(),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("leases.coordination.k8s.io \"{name}\" not found"),
-                "leases",
-                &name,
-            ),
+            None => not_found("leases.coordination.k8s.io", &name),
         },
         Method::PUT => {
             let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
@@ -418,13 +400,7 @@ async fn lease(
             let version = api.next_version();
             let mut store = api.store.lock().unwrap();
             let Some(existing) = store.objects.get(&key).cloned() else {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("leases.coordination.k8s.io \"{name}\" not found"),
-                    "leases",
-                    &name,
-                );
+                return not_found("leases.coordination.k8s.io", &name);
             };
             if object["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
                 return status(
