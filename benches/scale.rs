@@ -30,13 +30,6 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
             };
             let served = served.clone();
             tokio::spawn(async move {
-                let body = format!(
-                    r#"{{"access_token":"bench-token-0123456789abcdef0123456789abcdef","token_type":"Bearer","expires_in":{expires_in}}}"#
-                );
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
                 let mut buf = vec![0u8; 8192];
                 let mut pending: Vec<u8> = Vec::new();
                 loop {
@@ -57,7 +50,16 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
                             break;
                         }
                         pending.drain(..end + 4 + body_len);
-                        served.fetch_add(1, Ordering::Relaxed);
+                        // A new token every time, as a real issuer does (an unchanged token
+                        // would let the agent skip its file write).
+                        let n = served.fetch_add(1, Ordering::Relaxed);
+                        let body = format!(
+                            r#"{{"access_token":"bench-token-{n:032}","token_type":"Bearer","expires_in":{expires_in}}}"#
+                        );
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
                         if conn.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }
@@ -169,6 +171,11 @@ fn wrk(addr: SocketAddr, connections: usize, secs: u64) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// `BENCH_ONLY=sustain,idle` runs only those sections (scale, sustain, idle, start).
+fn wants(section: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
+}
+
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
         .ok()
@@ -201,89 +208,106 @@ async fn main() {
 
     // 1. Scale: time to every first token, peak RSS.
     let (addr, served) = issuer("1800").await;
-    println!("\n| sources | all first tokens written | peak RSS (VmHWM) | RSS after |");
-    println!("|---:|---:|---:|---:|");
-    for &n in &counts {
-        let dir = shm_dir("ta-bench-scale");
-        let cfg = config(dir.path(), addr, n, "{ at: 80%, jitter: 10% }", 32);
-        let base = served.load(Ordering::Relaxed);
-        let started = Instant::now();
+    if wants("scale") {
+        println!("\n| sources | all first tokens written | peak RSS (VmHWM) | RSS after |");
+        println!("|---:|---:|---:|---:|");
+        for &n in counts.iter().filter(|_| wants("scale")) {
+            let dir = shm_dir("ta-bench-scale");
+            let cfg = config(dir.path(), addr, n, "{ at: 80%, jitter: 10% }", 32);
+            let base = served.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let child = spawn(&cfg);
+            let pid = child.id();
+            // Watch the issuer (cheap) until every source has fetched, then the directory (a
+            // readdir of 20 000 entries every few ms would compete with the agent for the CPU).
+            while served.load(Ordering::Relaxed) - base < n as u64
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            while token_files(dir.path()) < n && started.elapsed() < Duration::from_secs(120) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let took = started.elapsed();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (hwm, rss) = (status_kib(pid, "VmHWM:"), status_kib(pid, "VmRSS:"));
+            stop(child);
+            println!(
+                "| {n} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+                took.as_secs_f64() * 1000.0,
+                hwm as f64 / 1024.0,
+                rss as f64 / 1024.0
+            );
+        }
+    }
+
+    // 2. Sustained refreshes per second vs wrk with the same connection count.
+    if wants("sustain") {
+        let (fast, served) = issuer("0.05").await;
+        let connections = 32;
+        let dir = shm_dir("ta-bench-sustain");
+        let cfg = config(
+            dir.path(),
+            fast,
+            1000,
+            "{ at: 50%, jitter: 0%, min_interval: 1ms }",
+            connections,
+        );
         let child = spawn(&cfg);
         let pid = child.id();
-        // Watch the issuer (cheap) until every source has fetched, then the directory (a
-        // readdir of 20 000 entries every few ms would compete with the agent for the CPU).
-        while served.load(Ordering::Relaxed) - base < n as u64
-            && started.elapsed() < Duration::from_secs(120)
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        while token_files(dir.path()) < n && started.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let took = started.elapsed();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (hwm, rss) = (status_kib(pid, "VmHWM:"), status_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (before, ticks) = (served.load(Ordering::Relaxed), cpu_ticks(pid));
+        let window = Instant::now();
+        tokio::time::sleep(Duration::from_secs(sustain_secs)).await;
+        let refreshes = served.load(Ordering::Relaxed) - before;
+        let cpu_secs = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+        let took = window.elapsed().as_secs_f64();
+        let agent_rate = refreshes as f64 / took;
         stop(child);
+        let wrk_rate = tokio::task::spawn_blocking(move || wrk(fast, connections, sustain_secs))
+            .await
+            .unwrap();
         println!(
-            "| {n} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
-            took.as_secs_f64() * 1000.0,
-            hwm as f64 / 1024.0,
+            "\nsustained refreshes (1000 sources, 50 ms tokens, {connections} concurrent fetches, tmpfs):"
+        );
+        println!(
+            "  agent CPU: {:.2} cores, {:.0} µs per refresh (fetch + token file + metadata + log)",
+            cpu_secs / took,
+            cpu_secs * 1e6 / refreshes.max(1) as f64
+        );
+        match wrk_rate {
+            Some(w) => println!(
+                "  agent {agent_rate:.0}/s, wrk -c{connections} {w:.0}/s, ratio {:.0} %",
+                agent_rate / w * 100.0
+            ),
+            None => println!("  agent {agent_rate:.0}/s (wrk not installed: apt-get install wrk)"),
+        }
+    }
+
+    // 3. Idle cost: 10 sources with 30-minute tokens.
+    if wants("idle") {
+        let dir = shm_dir("ta-bench-idle");
+        let cfg = config(dir.path(), addr, 10, "{ at: 80% }", 32);
+        let child = spawn(&cfg);
+        let pid = child.id();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (t0, rss) = (cpu_ticks(pid), status_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+        let ticks = cpu_ticks(pid) - t0;
+        stop(child);
+        let hz = 100.0; // USER_HZ on Linux
+        println!(
+            "\nidle: 10 sources, 30-min tokens: {:.0} ms CPU in {idle_secs} s ({:.4} % of a core), RSS {:.1} MiB",
+            ticks as f64 / hz * 1000.0,
+            ticks as f64 / hz / idle_secs as f64 * 100.0,
             rss as f64 / 1024.0
         );
     }
 
-    // 2. Sustained refreshes per second vs wrk with the same connection count.
-    let (fast, served) = issuer("0.05").await;
-    let connections = 32;
-    let dir = shm_dir("ta-bench-sustain");
-    let cfg = config(
-        dir.path(),
-        fast,
-        1000,
-        "{ at: 50%, jitter: 0%, min_interval: 1ms }",
-        connections,
-    );
-    let child = spawn(&cfg);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = served.load(Ordering::Relaxed);
-    let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(sustain_secs)).await;
-    let agent_rate =
-        (served.load(Ordering::Relaxed) - before) as f64 / window.elapsed().as_secs_f64();
-    stop(child);
-    let wrk_rate = tokio::task::spawn_blocking(move || wrk(fast, connections, sustain_secs))
-        .await
-        .unwrap();
-    println!(
-        "\nsustained refreshes (1000 sources, 50 ms tokens, {connections} concurrent fetches, tmpfs):"
-    );
-    match wrk_rate {
-        Some(w) => println!(
-            "  agent {agent_rate:.0}/s, wrk -c{connections} {w:.0}/s, ratio {:.0} %",
-            agent_rate / w * 100.0
-        ),
-        None => println!("  agent {agent_rate:.0}/s (wrk not installed: apt-get install wrk)"),
-    }
-
-    // 3. Idle cost: 10 sources with 30-minute tokens.
-    let dir = shm_dir("ta-bench-idle");
-    let cfg = config(dir.path(), addr, 10, "{ at: 80% }", 32);
-    let child = spawn(&cfg);
-    let pid = child.id();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (t0, rss) = (cpu_ticks(pid), status_kib(pid, "VmRSS:"));
-    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let ticks = cpu_ticks(pid) - t0;
-    stop(child);
-    let hz = 100.0; // USER_HZ on Linux
-    println!(
-        "\nidle: 10 sources, 30-min tokens: {:.0} ms CPU in {idle_secs} s ({:.4} % of a core), RSS {:.1} MiB",
-        ticks as f64 / hz * 1000.0,
-        ticks as f64 / hz / idle_secs as f64 * 100.0,
-        rss as f64 / 1024.0
-    );
-
     // 4. Start-up: process start to first token file, median of `starts` runs.
+    if !wants("start") {
+        return;
+    }
     let mut samples = Vec::new();
     for _ in 0..starts {
         let dir = shm_dir("ta-bench-start");

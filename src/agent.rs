@@ -383,6 +383,17 @@ impl Progress {
     }
 
     fn insert(&mut self, runner: &SourceRunner, key: &str, token: Token, refresh_at: SystemTime) {
+        // An issuer that hands out the same token again (same value and expiry) changes
+        // nothing the sinks hold: keep what was delivered instead of rewriting it.
+        if let Some(held) = self.instances.get_mut(key)
+            && held.token.same_value(&token)
+            && held.token.expires_at == token.expires_at
+            && held.token.token_type == token.token_type
+            && held.token.metadata == token.metadata
+        {
+            held.refresh_at = refresh_at;
+            return;
+        }
         let delivered = vec![false; runner.sinks.len()];
         self.instances.insert(
             key.to_owned(),
@@ -990,6 +1001,30 @@ mod tests {
         assert_eq!(script.calls().len(), 1, "the token was not fetched again");
         assert!(shared.status.all_required_ready(shared.clock.now()));
         assert!(shared.metrics.encode().contains("reason=\"not_a_file\""));
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_token_again_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut script = Scripted::new((0..10).map(|_| (Duration::ZERO, Ok(SEC))));
+        let (mut agent, clock) = agent(dir.path(), &[Scripted::default()]);
+        script.same_token_until = Some(clock.now() + 100 * SEC);
+        agent.runners[0].source = Source::Scripted(script.clone());
+        let (stop, task) = start(agent);
+        tokio::time::sleep(SEC).await;
+        let inode = || {
+            std::fs::metadata(dir.path().join("s0.token"))
+                .unwrap()
+                .ino()
+        };
+        let first = inode();
+        tokio::time::sleep(97 * SEC).await;
+        assert!(script.calls().len() >= 3, "{:?}", script.calls());
+        assert_eq!(read(dir.path(), "s0.token"), "token-same");
+        assert_eq!(inode(), first, "the file was not replaced");
         stop.send(true).unwrap();
         task.await.unwrap();
     }

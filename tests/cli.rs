@@ -335,6 +335,10 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("token refreshed"), "{log}");
     assert!(!log.contains(&first), "the token never appears in the log");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {log}"
+    );
 }
 
 /// Everything an agent run printed and served, for the secret sentinel checks.

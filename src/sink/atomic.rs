@@ -1,22 +1,31 @@
 //! Crash-safe file replacement inside a directory the file may not escape.
 //!
-//! Method: write a temporary file in the target's own directory, apply mode and owner, fsync
-//! it, `rename(2)` it over the target, then fsync the directory. `rename` within one file
+//! Method: open the target's directory once (never following a symlink below the configured
+//! sink directory), create a temporary file in it, write, apply mode and owner, fsync, and
+//! `renameat(2)` it over the target, then fsync the directory. `rename` within one file
 //! system is atomic, so a reader opening the path sees either the old complete file or the new
 //! complete file, never a partial, empty or mixed one — even if the agent is killed at any
-//! instant (a killed write leaves at most a `.tmp-*` file, which the next write ignores and the
-//! OS reclaims when it is removed). The fsyncs make the new content survive a power loss once
-//! the rename is reported done.
+//! instant (a killed write leaves at most a `.tmp-*` file, which is never reused and is swept
+//! at the next start). The fsyncs make the new content survive a power loss once the rename is
+//! reported done. Working relative to the open directory also costs fewer system calls than
+//! resolving the path on every write (see BENCHMARKS.md).
 //!
 //! Unlike kubelet's `..data` symlink swap this does not update several files as one unit;
 //! each file carries everything a reader needs (the `json` format holds token and expiry
 //! together). Like every rename-based method, a `subPath` mount of a single file never sees
 //! the replacement: mount the directory.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{
+    AtFlags, CWD, FileType, Mode, OFlags, fsync, mkdirat, openat, renameat, statat, unlinkat,
+};
+use rustix::io::Errno;
 
 /// Owner and permissions applied to every written file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,97 +113,232 @@ pub fn check_relative(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves `dir/relative`, creating missing directories, and refuses any result whose parent
-/// resolves (through symlinks) outside `dir`.
-pub fn resolve(dir: &Path, relative: &Path) -> Result<PathBuf, AtomicError> {
-    check_relative(relative).map_err(|_| AtomicError::Escape {
-        path: relative.to_owned(),
-        dir: dir.to_owned(),
-    })?;
-    let target = dir.join(relative);
-    let parent = target.parent().unwrap_or(dir);
-    fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-    let real_dir = fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
-    let real_parent = fs::canonicalize(parent).map_err(io_err("resolve", parent))?;
-    if !real_parent.starts_with(&real_dir) {
-        return Err(AtomicError::Escape {
-            path: target,
-            dir: dir.to_owned(),
-        });
-    }
-    let name = target.file_name().unwrap_or_default();
-    Ok(real_parent.join(name))
+/// An open directory that files are replaced in. Every operation is relative to this handle
+/// (`openat`, `renameat`), so a symlink planted in the path cannot redirect a write once the
+/// directory is open, and a replacement costs a handful of system calls with no path walk.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
 }
 
-/// Atomically makes `path` hold exactly `content` with `owner` applied.
-pub fn write(path: &Path, content: &[u8], owner: Ownership) -> Result<Written, AtomicError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(AtomicError::IsDirectory {
-                path: path.to_owned(),
-            });
+impl Dir {
+    /// Opens `base` and then each directory of `sub` below it, creating what is missing.
+    /// `base` comes from the configuration and may itself be a symlink (`/var/run`); nothing
+    /// below it is followed: a symlinked directory inside the sink directory is refused.
+    pub fn open(base: &Path, sub: &Path) -> Result<Dir, AtomicError> {
+        check_subdirectory(sub).map_err(|_| escape(sub, base))?;
+        let mut fd = match open_directory(CWD, base, OFlags::empty()) {
+            Err(e) if e == Errno::NOENT => {
+                fs::create_dir_all(base).map_err(io_err("create directory", base))?;
+                open_directory(CWD, base, OFlags::empty())
+            }
+            other => other,
         }
-        Ok(meta)
-            if meta.file_type().is_file()
-                && meta.len() == content.len() as u64
-                && fs::read(path).is_ok_and(|existing| existing == content) =>
-        {
-            enforce(path, owner)?;
-            return Ok(Written::Unchanged);
+        .map_err(|e| io_err("open directory", base)(e.into()))?;
+        let mut path = base.to_owned();
+        for component in sub.components() {
+            let Component::Normal(name) = component else {
+                continue; // `.`; `..` and roots were refused above
+            };
+            path.push(name);
+            fd = open_subdirectory(&fd, name).map_err(|e| match e {
+                Errno::LOOP | Errno::NOTDIR
+                    if statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink) =>
+                {
+                    escape(&path, base)
+                }
+                e => io_err("open directory", &path)(e.into()),
+            })?;
         }
-        _ => {}
+        Ok(Dir { fd, path })
     }
 
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{name}-"))
-        .tempfile_in(parent)
-        .map_err(io_err("create temporary file in", parent))?;
-    temp.write_all(content)
-        .map_err(io_err("write", temp.path()))?;
-    apply_owner(temp.as_file(), temp.path(), owner)?;
-    temp.as_file()
-        .sync_all()
-        .map_err(io_err("fsync", temp.path()))?;
-    temp.persist(path).map_err(|e| AtomicError::Io {
-        op: "rename into",
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `name` is a regular file holding exactly `content` (a symlink never is).
+    pub fn holds(&self, name: &OsStr, content: &[u8]) -> bool {
+        self.read(name, content.len() as u64)
+            .is_ok_and(|existing| existing.as_deref() == Some(content))
+    }
+
+    /// The content of the regular file `name`, `None` if it is missing or larger than `limit`.
+    /// Symlinks are not followed.
+    pub fn read(&self, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let fd = match openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e == Errno::NOENT || e == Errno::LOOP => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() > limit {
+            return Ok(None);
+        }
+        let mut content = Vec::with_capacity(meta.len() as usize);
+        Read::take(&mut file, limit).read_to_end(&mut content)?;
+        Ok(Some(content))
+    }
+
+    /// Atomically makes `name` hold `content` with `owner` applied: a temporary file in this
+    /// directory, written, chmod-ed (and chown-ed), optionally fsync-ed, then renamed over
+    /// `name`. Call [`Dir::sync`] afterwards to make the rename itself durable.
+    pub fn replace(
+        &self,
+        name: &OsStr,
+        content: &[u8],
+        owner: Ownership,
+        durable: bool,
+    ) -> Result<(), AtomicError> {
+        let (temp_name, fd) = self.create_temporary(name)?;
+        let written = (|| {
+            let mut file = File::from(fd);
+            file.write_all(content).map_err(|e| ("write", e))?;
+            apply_owner(&file, owner)?;
+            if durable {
+                file.sync_all().map_err(|e| ("fsync", e))?;
+            }
+            renameat(&self.fd, &temp_name, &self.fd, name).map_err(|e| ("rename into", e.into()))
+        })();
+        written.map_err(|(op, source)| {
+            let _ = unlinkat(&self.fd, &temp_name, AtFlags::empty());
+            let path = self.path.join(name);
+            match source.raw_os_error() {
+                Some(code) if code == Errno::ISDIR.raw_os_error() => {
+                    AtomicError::IsDirectory { path }
+                }
+                _ => AtomicError::Io { op, path, source },
+            }
+        })
+    }
+
+    /// `.tmp-<name>-<random>`, created exclusively (a leftover of a killed write is never
+    /// reused; the sweep at start removes those).
+    fn create_temporary(&self, name: &OsStr) -> Result<(OsString, OwnedFd), AtomicError> {
+        let mut attempt = 0;
+        loop {
+            let mut temp_name = OsString::from(".tmp-");
+            temp_name.push(name);
+            temp_name.push(format!("-{:016x}", fastrand::u64(..)));
+            match openat(
+                &self.fd,
+                &temp_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::RUSR | Mode::WUSR,
+            ) {
+                Ok(fd) => return Ok((temp_name, fd)),
+                Err(e) if e == Errno::EXIST && attempt < 8 => attempt += 1,
+                Err(e) => {
+                    return Err(io_err("create temporary file in", &self.path)(e.into()));
+                }
+            }
+        }
+    }
+
+    /// Re-applies mode and owner to an existing `name`, so a drifted mode is repaired.
+    pub fn enforce(&self, name: &OsStr, owner: Ownership) -> Result<(), AtomicError> {
+        let path = || self.path.join(name);
+        let fd = openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", &path())(e.into()))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(io_err("stat", &path()))?;
+        let drifted = meta.mode() & 0o7777 != owner.mode
+            || owner.uid.is_some_and(|u| u != meta.uid())
+            || owner.gid.is_some_and(|g| g != meta.gid());
+        if drifted {
+            apply_owner(&file, owner).map_err(|(op, e)| io_err(op, &path())(e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes `name` if it exists.
+    pub fn remove(&self, name: &OsStr) -> Result<(), AtomicError> {
+        match unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(e) if e == Errno::NOENT => Ok(()),
+            Err(e) => Err(io_err("remove", &self.path.join(name))(e.into())),
+        }
+    }
+
+    /// fsync of the directory: renames and removals done so far survive a power loss.
+    pub fn sync(&self) -> Result<(), AtomicError> {
+        fsync(&self.fd).map_err(|e| io_err("fsync directory", &self.path)(e.into()))
+    }
+}
+
+fn open_directory<Fd: AsFd>(at: Fd, path: &Path, extra: OFlags) -> rustix::io::Result<OwnedFd> {
+    openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
+        Mode::empty(),
+    )
+}
+
+fn open_subdirectory(parent: &OwnedFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    match open_directory(parent, Path::new(name), OFlags::NOFOLLOW) {
+        Err(e) if e == Errno::NOENT => {
+            match mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) => {}
+                Err(e) if e == Errno::EXIST => {}
+                Err(e) => return Err(e),
+            }
+            open_directory(parent, Path::new(name), OFlags::NOFOLLOW)
+        }
+        other => other,
+    }
+}
+
+/// `check_relative` for a directory part, which may be empty.
+fn check_subdirectory(sub: &Path) -> Result<(), String> {
+    if sub.as_os_str().is_empty() {
+        return Ok(());
+    }
+    check_relative(sub)
+}
+
+fn escape(path: &Path, dir: &Path) -> AtomicError {
+    AtomicError::Escape {
         path: path.to_owned(),
-        source: e.error,
-    })?;
-    sync_dir(parent)?;
-    Ok(Written::Replaced)
+        dir: dir.to_owned(),
+    }
 }
 
-fn apply_owner(file: &File, path: &Path, owner: Ownership) -> Result<(), AtomicError> {
+/// Splits a checked relative path into its directory part and file name.
+pub fn split(relative: &Path) -> (&Path, &OsStr) {
+    (
+        relative.parent().unwrap_or(Path::new("")),
+        relative.file_name().unwrap_or_default(),
+    )
+}
+
+/// Atomically and durably makes `path` hold `content` (for the agent's own state files).
+pub fn write(path: &Path, content: &[u8], owner: Ownership) -> Result<(), AtomicError> {
+    let (parent, name) = split(path);
+    let dir = Dir::open(parent, Path::new(""))?;
+    dir.replace(name, content, owner, true)?;
+    dir.sync()
+}
+
+fn apply_owner(file: &File, owner: Ownership) -> Result<(), (&'static str, io::Error)> {
     if owner.uid.is_some() || owner.gid.is_some() {
-        std::os::unix::fs::fchown(file, owner.uid, owner.gid).map_err(io_err("chown", path))?;
+        std::os::unix::fs::fchown(file, owner.uid, owner.gid).map_err(|e| ("chown", e))?;
     }
     file.set_permissions(Permissions::from_mode(owner.mode))
-        .map_err(io_err("chmod", path))
-}
-
-/// Re-applies mode and owner to an unchanged file, so a drifted mode is repaired.
-fn enforce(path: &Path, owner: Ownership) -> Result<(), AtomicError> {
-    let meta = fs::metadata(path).map_err(io_err("stat", path))?;
-    use std::os::unix::fs::MetadataExt;
-    let drifted = meta.mode() & 0o7777 != owner.mode
-        || owner.uid.is_some_and(|u| u != meta.uid())
-        || owner.gid.is_some_and(|g| g != meta.gid());
-    if drifted {
-        let file = File::open(path).map_err(io_err("open", path))?;
-        apply_owner(&file, path, owner)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), AtomicError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+        .map_err(|e| ("chmod", e))
 }
 
 /// Removes temporary files a killed writer left in `dir`: names starting with one of
@@ -213,17 +357,12 @@ pub fn remove_stale_temporaries(dir: &Path, prefixes: &std::collections::BTreeSe
     }
 }
 
-/// Removes `path` if it exists (used when a file must disappear, never for escape checks).
+/// Removes `path` if it exists, durably (for the agent's own state files).
 pub fn remove(path: &Path) -> Result<(), AtomicError> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(AtomicError::Io {
-            op: "remove",
-            path: path.to_owned(),
-            source: e,
-        }),
-    }
+    let (parent, name) = split(path);
+    let dir = Dir::open(parent, Path::new(""))?;
+    dir.remove(name)?;
+    dir.sync()
 }
 
 #[cfg(test)]
@@ -258,29 +397,54 @@ mod tests {
     }
 
     #[test]
-    fn writes_replaces_and_skips_unchanged_with_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = resolve(dir.path(), Path::new("sub/t")).unwrap();
-        assert_eq!(write(&path, b"one", OWNER).unwrap(), Written::Replaced);
+    fn replaces_with_mode_and_leaves_no_temporary() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = Dir::open(base.path(), Path::new("sub/deeper")).unwrap();
+        let path = base.path().join("sub/deeper/t");
+        let name = OsStr::new("t");
+        assert!(!dir.holds(name, b""), "a missing file holds nothing");
+        dir.replace(name, b"one", OWNER, true).unwrap();
+        dir.sync().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"one");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, 0o440);
-        let inode = fs::metadata(&path).unwrap().ino();
+        assert!(dir.holds(name, b"one"));
+        assert!(!dir.holds(name, b"two"));
         fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(write(&path, b"one", OWNER).unwrap(), Written::Unchanged);
-        assert_eq!(
-            fs::metadata(&path).unwrap().ino(),
-            inode,
-            "unchanged content is not rewritten"
-        );
+        dir.enforce(name, OWNER).unwrap();
         assert_eq!(
             fs::metadata(&path).unwrap().mode() & 0o7777,
             0o440,
-            "mode is enforced on every write"
+            "a drifted mode is repaired"
         );
-        assert_eq!(write(&path, b"two", OWNER).unwrap(), Written::Replaced);
+        dir.replace(name, b"two", OWNER, false).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        assert_eq!(dir.read(name, 2).unwrap(), None, "over the limit");
+        dir.remove(name).unwrap();
+        dir.remove(name).unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file_and_removes_its_temporary() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = Dir::open(base.path(), Path::new("")).unwrap();
+        let name = OsStr::new("t");
+        dir.replace(name, b"old", OWNER, true).unwrap();
+        // A directory in the way of the rename: the write fails after the temporary exists.
+        fs::create_dir(base.path().join("d")).unwrap();
+        fs::write(base.path().join("d/x"), b"").unwrap();
+        let err = dir
+            .replace(OsStr::new("d"), b"new", OWNER, true)
+            .unwrap_err();
+        assert_eq!(err.reason(), "not_a_file", "{err}");
+        assert_eq!(fs::read(base.path().join("t")).unwrap(), b"old");
+        let names: Vec<_> = fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
@@ -302,8 +466,8 @@ mod tests {
             );
             return; // chown needs root (or CAP_CHOWN)
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t");
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("t");
         let owner = Ownership {
             mode: 0o440,
             uid: Some(1234),
@@ -313,7 +477,8 @@ mod tests {
         let meta = fs::metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
         std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
-        assert_eq!(write(&path, b"one", owner).unwrap(), Written::Unchanged);
+        let dir = Dir::open(base.path(), Path::new("")).unwrap();
+        dir.enforce(OsStr::new("t"), owner).unwrap();
         let meta = fs::metadata(&path).unwrap();
         assert_eq!(
             (meta.uid(), meta.gid()),
@@ -327,7 +492,13 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
-        let err = resolve(dir.path(), Path::new("evil/t")).unwrap_err();
+        fs::create_dir(dir.path().join("ok")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("ok/evil")).unwrap();
+        for sub in ["evil", "ok/evil", "evil/deeper"] {
+            let err = Dir::open(dir.path(), Path::new(sub)).unwrap_err();
+            assert_eq!(err.reason(), "path_escape", "{sub}: {err}");
+        }
+        let err = Dir::open(dir.path(), Path::new("../x")).unwrap_err();
         assert_eq!(err.reason(), "path_escape");
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
@@ -339,9 +510,14 @@ mod tests {
         fs::write(&victim, b"keep").unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join("t")).unwrap();
-        let path = resolve(dir.path(), Path::new("t")).unwrap();
-        write(&path, b"new", OWNER).unwrap();
+        let open = Dir::open(dir.path(), Path::new("")).unwrap();
+        assert!(
+            !open.holds(OsStr::new("t"), b"keep"),
+            "symlinks are not read"
+        );
+        open.replace(OsStr::new("t"), b"new", OWNER, true).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        let path = dir.path().join("t");
         assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
     }
 }

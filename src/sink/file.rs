@@ -4,12 +4,15 @@
 //! SHA-256 of the token, never the token): on restart the agent reuses a still-valid token
 //! instead of fetching a new one, and the hash proves the file and the metadata belong together.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{self, AtomicError, Ownership, Written};
+use super::atomic::{self, AtomicError, Dir, Ownership, Written};
 use super::format::{self, Format};
 use crate::config::{FileDefaults, FileMode};
 use crate::token::{Token, fingerprint};
@@ -72,6 +75,7 @@ impl FileSinkConfig {
                 .clone()
                 .unwrap_or_else(|| format::default_env_name(source)),
             source: source.to_owned(),
+            written: Arc::default(),
         }
     }
 }
@@ -121,7 +125,12 @@ pub struct FileSink {
     owner: Ownership,
     env_name: String,
     source: String,
+    /// Instances written since start (see [`FileSink::write`]).
+    written: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Files read back at start are tokens or their metadata: anything larger is not ours.
+const MAX_EXISTING: u64 = 1 << 20;
 
 impl FileSink {
     /// `file:<dir>/<path>` — bounded by the config, used as the metric label.
@@ -129,12 +138,12 @@ impl FileSink {
         format!("file:{}", self.dir.join(&self.path).display())
     }
 
-    fn meta_path(target: &Path) -> PathBuf {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        target.with_file_name(format!(".{name}.meta.json"))
+    /// `.<name>.meta.json`, next to the token file.
+    fn meta_name(name: &OsStr) -> OsString {
+        let mut meta = OsString::from(".");
+        meta.push(name);
+        meta.push(".meta.json");
+        meta
     }
 
     /// Whether the path holds `{tenant}` (one file per instance).
@@ -155,13 +164,19 @@ impl FileSink {
     }
 
     /// Writes `token` for `instance` (blocking I/O; the agent runs it off the async threads).
+    ///
+    /// The token file is written durably (fsync of the file, then of the directory after the
+    /// rename); the metadata is renamed into place too but not fsync-ed on its own: it only
+    /// serves warm restarts, and a stale one fails the hash check and costs a fetch.
+    ///
+    /// The first write of an instance after start compares with the disk, so a restarted agent
+    /// re-delivering the token it found there does not touch the file; after that the agent
+    /// only writes when it holds a new token.
     pub fn write(&self, token: &Token, instance: &str) -> Result<Written, AtomicError> {
-        let target = atomic::resolve(&self.dir, &self.relative(instance)?)?;
-        let written = atomic::write(
-            &target,
-            &self.format.render(token, &self.source, &self.env_name),
-            self.owner,
-        )?;
+        let relative = self.relative(instance)?;
+        let (sub, name) = atomic::split(&relative);
+        let dir = Dir::open(&self.dir, sub)?;
+        let content = self.format.render(token, &self.source, &self.env_name);
         let meta = Meta {
             source: self.source.clone(),
             token_type: token.token_type.clone(),
@@ -175,8 +190,25 @@ impl FileSink {
             mode: self.owner.mode | 0o444,
             ..self.owner
         };
-        atomic::write(&Self::meta_path(&target), &meta_bytes, meta_owner)?;
-        Ok(written)
+        let meta_name = Self::meta_name(name);
+        if self.first_write(instance) && dir.holds(name, &content) {
+            dir.enforce(name, self.owner)?;
+            if !dir.holds(&meta_name, &meta_bytes) {
+                dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
+                dir.sync()?;
+            }
+            return Ok(Written::Unchanged);
+        }
+        dir.replace(name, &content, self.owner, true)?;
+        dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
+        dir.sync()?;
+        Ok(Written::Replaced)
+    }
+
+    /// True the first time it is asked for `instance` since start.
+    fn first_write(&self, instance: &str) -> bool {
+        let mut seen = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        !seen.contains(instance) && seen.insert(instance.to_owned())
     }
 
     /// The directory this sink writes in and the temporary-file prefixes a killed write of it
@@ -202,9 +234,17 @@ impl FileSink {
         if !self.is_per_instance() {
             return Ok(());
         }
-        let target = self.dir.join(self.relative(instance)?);
-        atomic::remove(&target)?;
-        atomic::remove(&Self::meta_path(&target))
+        let relative = self.relative(instance)?;
+        let (sub, name) = atomic::split(&relative);
+        let dir = Dir::open(&self.dir, sub)?;
+        dir.remove(name)?;
+        dir.remove(&Self::meta_name(name))?;
+        dir.sync()?;
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(instance);
+        Ok(())
     }
 
     /// The token this sink holds from an earlier run, if its file and metadata agree
@@ -214,10 +254,11 @@ impl FileSink {
             return None;
         }
         atomic::check_relative(&self.path).ok()?;
-        let target = self.dir.join(&self.path);
+        let (sub, name) = atomic::split(&self.path);
+        let dir = Dir::open(&self.dir, sub).ok()?;
         let meta: Meta =
-            serde_json::from_slice(&std::fs::read(Self::meta_path(&target)).ok()?).ok()?;
-        let content = std::fs::read(&target).ok()?;
+            serde_json::from_slice(&dir.read(&Self::meta_name(name), MAX_EXISTING).ok()??).ok()?;
+        let content = dir.read(name, MAX_EXISTING).ok()??;
         let value = self.format.read_token(&content, &self.env_name)?;
         if meta.source != self.source || fingerprint(value.as_bytes()) != meta.sha256 {
             return None;

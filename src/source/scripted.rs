@@ -17,6 +17,8 @@ pub struct Scripted {
     steps: Arc<Mutex<VecDeque<Step>>>,
     /// Wall-clock time of every call.
     pub calls: Arc<Mutex<Vec<SystemTime>>>,
+    /// Every success hands out the same token expiring then (an issuer that caches tokens).
+    pub same_token_until: Option<SystemTime>,
 }
 
 impl Scripted {
@@ -24,6 +26,7 @@ impl Scripted {
         Scripted {
             steps: Arc::new(Mutex::new(steps.into_iter().collect())),
             calls: Arc::default(),
+            same_token_until: None,
         }
     }
 
@@ -40,12 +43,15 @@ impl Scripted {
         match outcome {
             Ok(lifetime) => {
                 let at = now();
-                Ok(Token::new(
-                    format!("token-{n}").into(),
-                    "Bearer".into(),
-                    at,
-                    at + lifetime,
-                ))
+                Ok(match self.same_token_until {
+                    Some(until) => Token::new("token-same".into(), "Bearer".into(), at, until),
+                    None => Token::new(
+                        format!("token-{n}").into(),
+                        "Bearer".into(),
+                        at,
+                        at + lifetime,
+                    ),
+                })
             }
             Err(detail) => Err(FetchError::Status {
                 url: "scripted".into(),
