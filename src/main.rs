@@ -219,6 +219,7 @@ async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result
     )
     .await?;
     info!(sources = config.sources.len(), "token-agent started");
+    drop(config); // the agent holds what it needs; the parsed file is large at scale
     agent.run(shutdown).await;
     if let Some(handle) = http {
         let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, handle).await;

@@ -7,14 +7,15 @@ use token_agent::metrics::Metrics;
 /// Metric names the agent exports (histograms with their `_bucket`, `_sum`, `_count`).
 fn exported() -> BTreeSet<String> {
     let m = Metrics::new();
-    m.register_source("s", "oauth2", &["file:/x".into()]);
+    let s = m.register_source("s", "oauth2", &["file:/x".into()]);
     let now = std::time::SystemTime::now();
-    m.observe_fetch("s", "oauth2", std::time::Duration::from_millis(1), true);
+    s.observe_fetch(std::time::Duration::from_millis(1), true);
     m.count_failure("s", "timeout");
-    m.sink_failed("s", "file:/x", std::time::Duration::from_millis(1), "io");
-    m.set_last_success("s", now);
-    m.set_expiry("s", now);
-    m.set_next_refresh("s", std::time::SystemTime::now());
+    s.sink_written(0, std::time::Duration::from_millis(1));
+    m.count_sink_failure("s", "file:/x", "io");
+    s.set_last_success(now);
+    s.set_expiry(now);
+    s.set_next_refresh(now);
     m.encode()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
