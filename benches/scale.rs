@@ -3,7 +3,8 @@
 //! numbers and how to read them. Not a test: nothing here asserts on time.
 //!
 //! Environment: `BENCH_SOURCES` (default "10,1000,10000"), `BENCH_IDLE_SECS` (default 60),
-//! `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5).
+//! `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5), `BENCH_ONLY` (sections:
+//! scale,sustain,idle,start), `BENCH_BIN` (another build of the binary, e.g. static musl).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
+/// The binary measured: this build's, or `BENCH_BIN` (e.g. the static musl build).
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_token-agent").to_owned())
+}
 
 /// A minimal keep-alive HTTP/1.1 issuer: every request gets the same token JSON. Written on raw
 /// tokio so the issuer is not what is measured (wrk shows its capacity in the same run).
@@ -133,7 +137,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn spawn(config: &Path) -> Child {
-    Command::new(BIN)
+    Command::new(bin())
         .args(["run", "--config", config.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
@@ -198,10 +202,10 @@ async fn main() {
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     let starts: usize = env_or("BENCH_STARTS", 20);
     let sustain_secs: u64 = env_or("BENCH_SUSTAIN_SECS", 5);
-    println!("token-agent {} — {BIN}", env!("CARGO_PKG_VERSION"));
+    println!("token-agent {} — {}", env!("CARGO_PKG_VERSION"), bin());
     println!(
         "binary size: {:.1} MiB",
-        std::fs::metadata(BIN)
+        std::fs::metadata(bin())
             .map(|m| m.len() as f64 / 1048576.0)
             .unwrap_or(0.0)
     );

@@ -344,32 +344,13 @@ impl MindSphereSource {
                     .unwrap_or_else(|p| p.into_inner()) = None;
             }
             let answer = self.json(credentials, reply, &shown)?;
-            let invalid = |detail: &str| FetchError::InvalidResponse {
-                url: shown.clone(),
-                detail: detail.into(),
-            };
-            let ids = answer
-                .get("userTenants")
-                .and_then(Value::as_array)
-                .ok_or_else(|| invalid("no `userTenants` list"))?;
-            for entry in ids {
-                let id = entry
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid("a `userTenants` entry has no `id`"))?;
-                if seen.insert(id.to_owned()) {
-                    tenants.push(id.to_owned());
+            let listed = tenant_page(&answer, page, &shown)?;
+            for id in listed.ids {
+                if seen.insert(id.clone()) {
+                    tenants.push(id);
                 }
             }
-            let total_pages = answer
-                .pointer("/page/totalPages")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let number = answer
-                .pointer("/page/number")
-                .and_then(Value::as_u64)
-                .unwrap_or(page as u64);
-            if ids.is_empty() || number + 1 >= total_pages {
+            if listed.last {
                 return Ok(tenants);
             }
         }
@@ -478,8 +459,48 @@ impl MindSphereSource {
     }
 }
 
+/// One page of a `GET /userTenants` answer.
+#[derive(Debug)]
+pub struct TenantPage {
+    pub ids: Vec<String>,
+    /// No page follows (empty page, or `page.number + 1 >= page.totalPages`).
+    pub last: bool,
+}
+
+/// Reads page `page` of a `GET /userTenants` answer.
+pub fn tenant_page(answer: &Value, page: usize, shown: &str) -> Result<TenantPage, FetchError> {
+    let invalid = |detail: &str| FetchError::InvalidResponse {
+        url: shown.to_owned(),
+        detail: detail.into(),
+    };
+    let entries = answer
+        .get("userTenants")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("no `userTenants` list"))?;
+    let ids = entries
+        .iter()
+        .map(|entry| {
+            entry
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| invalid("a `userTenants` entry has no `id`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let total_pages = answer
+        .pointer("/page/totalPages")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let number = answer
+        .pointer("/page/number")
+        .and_then(Value::as_u64)
+        .unwrap_or(page as u64);
+    let last = ids.is_empty() || number.saturating_add(1) >= total_pages;
+    Ok(TenantPage { ids, last })
+}
+
 /// One outcome per requested tenant from an `/oauthTokens` answer.
-fn batch_outcomes(
+pub fn batch_outcomes(
     answer: &Value,
     requested: &[String],
     now: SystemTime,
@@ -512,7 +533,7 @@ fn batch_outcomes(
 
 /// A Token Management Service token object: expiry is `timestamp` (epoch milliseconds, often a
 /// string) plus `expires_in`; without `timestamp`, now plus `expires_in`; else the JWT `exp`.
-fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, FetchError> {
+pub fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, FetchError> {
     let invalid = |detail: String| FetchError::InvalidResponse {
         url: shown.to_owned(),
         detail,
