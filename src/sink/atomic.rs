@@ -302,9 +302,9 @@ fn open_subdirectory(parent: &OwnedFd, name: &OsStr) -> rustix::io::Result<Owned
     }
 }
 
-/// `check_relative` for a directory part, which may be empty.
+/// `check_relative` for a directory part, which may be empty or `.` (`./a.token`).
 fn check_subdirectory(sub: &Path) -> Result<(), String> {
-    if sub.as_os_str().is_empty() {
+    if sub.components().all(|c| c == Component::CurDir) {
         return Ok(());
     }
     check_relative(sub)
@@ -500,6 +500,9 @@ mod tests {
         }
         let err = Dir::open(dir.path(), Path::new("../x")).unwrap_err();
         assert_eq!(err.reason(), "path_escape");
+        for fine in ["", ".", "./ok"] {
+            assert!(Dir::open(dir.path(), Path::new(fine)).is_ok(), "{fine}");
+        }
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
