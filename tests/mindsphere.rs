@@ -26,6 +26,11 @@ fn config(mock: &Mock, dir: &Path, mode: &str, sink: &str) -> Config {
     Config::parse(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// An all-tenants source writing `mdsp/{tenant}.token`.
+fn all_tenants_config(mock: &Mock, dir: &Path) -> Config {
+    config(mock, dir, "    all_tenants: true\n", "mdsp/{tenant}.token")
+}
+
 async fn once(config: &Config) -> OnceOutcome {
     Agent::build(config, Clock::system())
         .unwrap()
@@ -168,13 +173,7 @@ async fn all_tenants_pages_through_user_tenants_with_the_operator_token() {
         let service = service_with(&names);
         let mock = service.start().await;
         let dir = tempfile::tempdir().unwrap();
-        let outcome = once(&config(
-            &mock,
-            dir.path(),
-            "    all_tenants: true\n",
-            "mdsp/{tenant}.token",
-        ))
-        .await;
+        let outcome = once(&all_tenants_config(&mock, dir.path())).await;
         outcome.result.unwrap();
         let reqs = mock.requests();
         let single = posts(&reqs, "/oauth/token");
@@ -216,13 +215,7 @@ async fn a_failed_batch_does_not_discard_the_other_tenants() {
     *service.failing_tenant.lock().unwrap() = Some("tenant007".into());
     let mock = service.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let outcome = once(&config(
-        &mock,
-        dir.path(),
-        "    all_tenants: true\n",
-        "mdsp/{tenant}.token",
-    ))
-    .await;
+    let outcome = once(&all_tenants_config(&mock, dir.path())).await;
     let err = outcome.result.unwrap_err();
     assert!(
         err.contains("5 instance(s) failed: tenant005, tenant006, tenant007, tenant008, tenant009"),
@@ -250,12 +243,7 @@ async fn throttling_is_honoured_and_stops_further_batches() {
         .store(1, std::sync::atomic::Ordering::SeqCst);
     let mock = service.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let c = config(
-        &mock,
-        dir.path(),
-        "    all_tenants: true\n",
-        "mdsp/{tenant}.token",
-    );
+    let c = all_tenants_config(&mock, dir.path());
     let agent = Agent::build(&c, Clock::system()).unwrap();
     let shared = agent.shared();
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -47,6 +47,14 @@ fn describe(remote: &Option<String>) -> String {
 }
 
 impl FetchError {
+    /// An answer from `url` (already redacted for display) that cannot be used.
+    pub fn invalid(url: &str, detail: impl Into<String>) -> Self {
+        FetchError::InvalidResponse {
+            url: url.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
     /// How long the issuer asked us to wait (`Retry-After`), if it did.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

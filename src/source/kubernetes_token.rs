@@ -133,10 +133,7 @@ impl KubernetesTokenSource {
                     detail: crate::source::client::cause_chain(&other),
                 },
             })?;
-        let invalid = |detail: String| FetchError::InvalidResponse {
-            url: shown.clone(),
-            detail,
-        };
+        let invalid = |detail: String| FetchError::invalid(&shown, detail);
         let status = answer
             .status
             .ok_or_else(|| invalid("no status in the TokenRequest answer".into()))?;

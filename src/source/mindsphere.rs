@@ -469,10 +469,7 @@ pub struct TenantPage {
 
 /// Reads page `page` of a `GET /userTenants` answer.
 pub fn tenant_page(answer: &Value, page: usize, shown: &str) -> Result<TenantPage, FetchError> {
-    let invalid = |detail: &str| FetchError::InvalidResponse {
-        url: shown.to_owned(),
-        detail: detail.into(),
-    };
+    let invalid = |detail: &str| FetchError::invalid(shown, detail);
     let entries = answer
         .get("userTenants")
         .and_then(Value::as_array)
@@ -534,10 +531,7 @@ pub fn batch_outcomes(
 /// A Token Management Service token object: expiry is `timestamp` (epoch milliseconds, often a
 /// string) plus `expires_in`; without `timestamp`, now plus `expires_in`; else the JWT `exp`.
 pub fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::InvalidResponse {
-        url: shown.to_owned(),
-        detail,
-    };
+    let invalid = |detail: String| FetchError::invalid(shown, detail);
     let access = value
         .get("access_token")
         .and_then(Value::as_str)

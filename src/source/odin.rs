@@ -163,10 +163,7 @@ impl OdinSource {
         }
         let reply = client::send(request, &self.shown, self.timeout).await?;
         let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-        let invalid = |detail: String| FetchError::InvalidResponse {
-            url: self.shown.clone(),
-            detail,
-        };
+        let invalid = |detail: String| FetchError::invalid(&self.shown, detail);
         let reply = reply.success(&self.shown, &secrets)?;
         let text =
             String::from_utf8(reply.body).map_err(|_| invalid("body is not UTF-8".into()))?;

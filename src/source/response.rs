@@ -113,10 +113,7 @@ fn token_from_text(
     now: SystemTime,
     url: &str,
 ) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::InvalidResponse {
-        url: url.to_owned(),
-        detail,
-    };
+    let invalid = |detail: String| FetchError::invalid(url, detail);
     let value = std::str::from_utf8(body)
         .map_err(|_| invalid("body is not UTF-8 text".into()))?
         .trim();
@@ -142,10 +139,7 @@ pub fn token_from_json(
     now: SystemTime,
     url: &str,
 ) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::InvalidResponse {
-        url: url.to_owned(),
-        detail,
-    };
+    let invalid = |detail: String| FetchError::invalid(url, detail);
     let json: Value =
         serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON ({e})")))?;
     let value = match json.pointer(&mapping.token) {
