@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::sink::KubeContext;
+use crate::k8s::KubeContext;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,18 +2,27 @@
 //!
 //! The shape follows one rule: a [`source`] only fetches, a [`sink`] only writes, and the
 //! [`agent`] (with the pure timing rules in [`schedule`]) owns every sleep, retry and deadline.
-//! [`metrics`] wraps sources and sinks from the outside instead of living inside them.
+//! Sources and sinks never import each other nor the [`config`]; what they share lives in leaf
+//! modules ([`http`], [`k8s`], [`names`], [`credential`], [`kind`]). `docs/architecture.md`
+//! draws the picture.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod clock;
 pub mod config;
+pub mod credential;
+pub mod de;
 pub mod dev;
+pub mod error;
+pub mod http;
+pub mod k8s;
+pub mod kind;
 pub mod leader;
 pub mod metrics;
+pub mod names;
+pub mod observability;
 pub mod redact;
 pub mod schedule;
-pub mod secret;
 pub mod server;
 pub mod sink;
 pub mod source;
@@ -24,8 +33,8 @@ pub mod token;
 
 /// Installs the single TLS crypto provider (ring) used by every HTTP client in the process.
 ///
-/// reqwest is built with `rustls-no-provider` so that one provider serves both it and, later,
-/// kube. Calling this more than once is harmless.
+/// reqwest is built with `rustls-no-provider` so that one provider serves both it and kube.
+/// Calling this more than once is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use token_agent::agent::{Agent, Shared};
+use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::{Config, ServerConfig};
+use token_agent::observability::Observability;
 use token_agent::telemetry::{self, LogFormat};
 use token_agent::{dev, server};
 
@@ -184,7 +185,7 @@ fn shutdown_on_signal() -> watch::Receiver<bool> {
 
 async fn start_server(
     server: &ServerConfig,
-    shared: Arc<Shared>,
+    view: Arc<Observability>,
     shutdown: watch::Receiver<bool>,
     fallback: bool,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -202,7 +203,7 @@ async fn start_server(
     let addr = listener.local_addr()?;
     info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(Some(tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, shared, shutdown).await {
+        if let Err(e) = server::serve(listener, view, shutdown).await {
             warn!(error = %e, "HTTP server stopped");
         }
     })))
@@ -213,7 +214,7 @@ async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result
     let shutdown = shutdown_on_signal();
     let http = start_server(
         &config.server,
-        agent.shared(),
+        agent.observability(),
         shutdown.clone(),
         fallback_port,
     )

@@ -13,41 +13,36 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::{HEARTBEAT_PERIOD, Shared};
+use crate::observability::Observability;
 
-/// The heartbeat may miss this many beats before `/healthz` reports the loop as stuck.
-const MISSED_BEATS: u32 = 6;
-
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(view: Arc<Observability>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(shared)
+        .with_state(view)
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(view): State<Arc<Observability>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        view.metrics.encode(),
     )
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let max_age = HEARTBEAT_PERIOD * MISSED_BEATS;
-    match shared.status.liveness(shared.clock.now(), max_age) {
+async fn healthz(State(view): State<Arc<Observability>>) -> impl IntoResponse {
+    match view.liveness() {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let now = shared.clock.now();
-    let sources = shared.status.snapshot(now);
+async fn readyz(State(view): State<Arc<Observability>>) -> impl IntoResponse {
+    let sources = view.status.snapshot(view.clock.now());
     let ready = sources.iter().filter(|s| s.required).all(|s| s.ready);
     let code = if ready {
         StatusCode::OK
@@ -68,10 +63,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    view: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
+    axum::serve(listener, router(view))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

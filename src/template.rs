@@ -11,6 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use minijinja::value::Value;
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
+use crate::http::basic_credentials;
+
 /// Hidden context key holding the secrets of one rendering.
 const SECRETS: &str = "__secrets";
 
@@ -57,11 +59,10 @@ impl Templates {
             secret_value(state, &name)
         });
         env.add_function("basic", |state: &State, id: String, secret: String| {
-            Ok::<_, Error>(STANDARD.encode(format!(
-                "{}:{}",
-                secret_value(state, &id)?,
-                secret_value(state, &secret)?
-            )))
+            Ok::<_, Error>(basic_credentials(
+                &secret_value(state, &id)?,
+                &secret_value(state, &secret)?,
+            ))
         });
         env.add_filter("b64encode", |value: String| STANDARD.encode(value));
         env.add_filter("date", |value: String, format: String| {

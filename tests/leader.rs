@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::kube_api::KubeApi;
 use token_agent::clock::Clock;
+use token_agent::k8s::KubeContext;
 use token_agent::leader::{Elector, LeaderElectionConfig};
-use token_agent::sink::KubeContext;
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 

@@ -245,7 +245,7 @@ async fn throttling_is_honoured_and_stops_further_batches() {
     let dir = tempfile::tempdir().unwrap();
     let c = all_tenants_config(&mock, dir.path());
     let agent = Agent::build(&c, Clock::system()).unwrap();
-    let shared = agent.shared();
+    let view = agent.observability();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(agent.run(rx));
@@ -272,7 +272,7 @@ async fn throttling_is_honoured_and_stops_further_batches() {
         "Retry-After: 2 was honoured over the 100 ms backoff ({took:?})"
     );
     assert!(
-        shared.metrics.encode().contains(
+        view.metrics.encode().contains(
             "token_agent_refresh_failures_total{reason=\"throttled\",source=\"mdsp\"} 12"
         )
     );

@@ -13,8 +13,10 @@ use serde_json::{Value, json};
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::Config;
+use token_agent::k8s::KubeContext;
+use token_agent::names::InstanceId;
 use token_agent::sink::secret::SecretSinkConfig;
-use token_agent::sink::{KubeContext, Sink, SinkConfig, SinkContext};
+use token_agent::sink::{Sink, SinkContext, SinkKind};
 use token_agent::token::Token;
 use tower_test::mock::{Handle, SendResponse};
 
@@ -39,9 +41,9 @@ fn token(value: &str) -> Token {
     )
 }
 
-fn sink(yaml: &str, kube: &KubeContext) -> Sink {
+fn sink(yaml: &str, kube: &KubeContext) -> Box<dyn Sink> {
     let config: SecretSinkConfig = serde_saphyr::from_str(yaml).unwrap();
-    SinkConfig::Secret(Box::new(config))
+    config
         .build(
             "orders",
             &SinkContext {
@@ -100,7 +102,7 @@ async fn applies_an_opaque_secret_with_server_side_apply() {
         "name: orders-token\nkeys: { token: access-token, expires_at: expires-at, json: token.json }\nlabels: { team: a }\nannotations: { note: x }\nowner: { api_version: apps/v1, kind: Deployment, name: web, uid: 1234-5678 }\n",
         &kube,
     );
-    let write = tokio::spawn(async move { s.write(&token("tok-1"), "").await });
+    let write = tokio::spawn(async move { s.write(&token("tok-1"), &InstanceId::single()).await });
 
     let (method, uri, headers, body, send) = next(&mut handle).await;
     assert_eq!(method, http::Method::PATCH);
@@ -149,7 +151,8 @@ async fn renders_a_docker_config_json_for_registries() {
         "name: pull\nnamespace: builds\ntype: kubernetes.io/dockerconfigjson\nregistry: { server: registry.example.com, username: robot }\n",
         &kube,
     );
-    let write = tokio::spawn(async move { s.write(&token("reg-tok"), "").await });
+    let write =
+        tokio::spawn(async move { s.write(&token("reg-tok"), &InstanceId::single()).await });
     let (_, uri, _, body, send) = next(&mut handle).await;
     assert!(
         uri.starts_with("/api/v1/namespaces/builds/secrets/pull?"),
@@ -222,7 +225,8 @@ async fn api_errors_become_clear_errors_and_reasons() {
     for (response, reason, want) in cases {
         let (kube, mut handle) = client();
         let s = sink("name: orders-token\n", &kube);
-        let write = tokio::spawn(async move { s.write(&token("tok-1"), "").await });
+        let write =
+            tokio::spawn(async move { s.write(&token("tok-1"), &InstanceId::single()).await });
         let (_, _, _, _, send) = next(&mut handle).await;
         send.send_response(response);
         let err = write.await.unwrap().unwrap_err();
@@ -256,7 +260,8 @@ async fn removal_deletes_only_secrets_this_agent_made() {
     ] {
         let (kube, mut handle) = client();
         let s = sink("name: 'mdsp-{tenant}'\n", &kube);
-        let remove = tokio::spawn(async move { s.remove("t1").await });
+        let remove =
+            tokio::spawn(async move { s.remove(&InstanceId::tenant("t1").unwrap()).await });
         let (method, uri, _, _, send) = next(&mut handle).await;
         assert_eq!(
             (method, uri.as_str()),
@@ -311,7 +316,7 @@ async fn a_failing_secret_does_not_hold_back_the_file_sink() {
     );
     let config = Config::parse(&yaml, Path::new("t.yaml")).unwrap();
     let agent = Agent::build_with(&config, Clock::system(), kube).unwrap();
-    let shared = agent.shared();
+    let view = agent.observability();
     let once = tokio::spawn(agent.once());
     let (_, _, _, _, send) = next(&mut handle).await;
     send.send_response(status(403, "Forbidden", "cannot patch", "secrets"));
@@ -323,10 +328,10 @@ async fn a_failing_secret_does_not_hold_back_the_file_sink() {
             .starts_with("ey"),
         "the file was written anyway"
     );
-    let metrics = shared.metrics.encode();
+    let metrics = view.metrics.encode();
     assert!(metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"} 1"), "{metrics}");
     assert!(
-        !shared.status.all_required_ready(SystemTime::now()),
+        !view.status.all_required_ready(SystemTime::now()),
         "readiness reflects the Secret too"
     );
 }

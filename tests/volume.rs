@@ -94,7 +94,7 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     );
     let config = Config::parse(&yaml, Path::new("t.yaml")).unwrap();
     let agent = Agent::build(&config, Clock::system()).unwrap();
-    let shared = agent.shared();
+    let view = agent.observability();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(rx));
     let token_path = volume.0.join("s.token");
@@ -105,7 +105,7 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     let filler = fill(&volume.0);
     let before = read();
     eventually("a no_space failure", || {
-        shared.metrics.encode().contains("reason=\"no_space\"")
+        view.metrics.encode().contains("reason=\"no_space\"")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -120,7 +120,7 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     })
     .await;
     eventually("ready again", || {
-        shared.status.all_required_ready(shared.clock.now())
+        view.status.all_required_ready(view.clock.now())
     })
     .await;
 
@@ -128,7 +128,7 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
     volume.remount("ro");
     let frozen = read();
     eventually("a read_only failure", || {
-        shared.metrics.encode().contains("reason=\"read_only\"")
+        view.metrics.encode().contains("reason=\"read_only\"")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -10,6 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use token_agent::config::Config;
+use token_agent::error::Reason;
+use token_agent::http::describe_error_body;
+use token_agent::names::InstanceId;
 use token_agent::source::mindsphere;
 use token_agent::source::response::{self, ResponseFormat, ResponseMapping};
 use token_agent::source::xmlrpc;
@@ -77,7 +80,7 @@ pub fn oauth2_response(data: &[u8]) {
             let _ = e.to_string();
         }
     }
-    let _ = response::describe_error_body(body, &["fuzz-secret"])
+    let _ = describe_error_body(body, &["fuzz-secret"])
         .inspect(|d| assert!(!d.contains("fuzz-secret"), "secret in an error description"));
 }
 
@@ -90,7 +93,7 @@ pub fn mindsphere_response(data: &[u8]) {
     if let Ok(token) = mindsphere::token_from(&answer, now(), shown) {
         check_token(&token);
     }
-    let requested = ["t1".to_owned(), "t2".to_owned(), "t3".to_owned()];
+    let requested = ["t1", "t2", "t3"].map(|t| InstanceId::tenant(t).expect("a valid tenant id"));
     let outcomes = mindsphere::batch_outcomes(&answer, &requested, now(), shown);
     assert_eq!(outcomes.len(), requested.len(), "one outcome per tenant");
     for (tenant, outcome) in &outcomes {

@@ -1,13 +1,15 @@
-//! The tokens one source holds, by instance key (`""` for a single-token source, one per
-//! tenant otherwise), in key order.
+//! The tokens one source holds, by instance ([`InstanceId::single`] for a single-token source,
+//! one per tenant otherwise), in instance order.
 //!
 //! A sorted vector rather than a `BTreeMap`: almost every source holds exactly one instance,
 //! and a B-tree node for one entry costs ~1.8 KiB where this costs the entry alone (at 10 000
 //! sources that was 12 MiB; BENCHMARKS.md). Tenant lists stay in the thousands at most, where
 //! binary search and the occasional shift are cheap.
 
+use crate::names::InstanceId;
+
 pub struct Instances<T> {
-    entries: Vec<(String, T)>,
+    entries: Vec<(InstanceId, T)>,
 }
 
 impl<T> Default for Instances<T> {
@@ -32,8 +34,8 @@ impl<T> Instances<T> {
     }
 
     /// Inserts or replaces the value of `key`.
-    pub fn insert(&mut self, key: String, value: T) {
-        match self.position(&key) {
+    pub fn insert(&mut self, key: InstanceId, value: T) {
+        match self.position(key.as_str()) {
             Ok(i) => self.entries[i].1 = value,
             Err(i) => {
                 if self.entries.capacity() == 0 {
@@ -52,15 +54,15 @@ impl<T> Instances<T> {
         self.entries.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &T)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&InstanceId, &T)> {
         self.entries.iter().map(|(k, v)| (k, v))
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut T)> {
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&InstanceId, &mut T)> {
         self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    pub fn keys(&self) -> impl Iterator<Item = &InstanceId> {
         self.entries.iter().map(|(k, _)| k)
     }
 
@@ -77,16 +79,20 @@ impl<T> Instances<T> {
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> InstanceId {
+        InstanceId::tenant(s).unwrap()
+    }
+
     #[test]
     fn behaves_like_an_ordered_map() {
         let mut m = Instances::default();
         for k in ["b", "a", "c"] {
-            m.insert(k.to_owned(), k.to_uppercase());
+            m.insert(id(k), k.to_uppercase());
         }
-        m.insert("a".to_owned(), "A2".to_owned());
+        m.insert(id("a"), "A2".to_owned());
         assert_eq!(m.len(), 3);
         assert_eq!(
-            m.keys().map(String::as_str).collect::<Vec<_>>(),
+            m.keys().map(InstanceId::as_str).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         assert_eq!(m.get("a").map(String::as_str), Some("A2"));
@@ -107,7 +113,7 @@ mod tests {
     #[test]
     fn a_single_instance_allocates_one_entry() {
         let mut m = Instances::default();
-        m.insert(String::new(), [0u8; 100]);
+        m.insert(InstanceId::single(), [0u8; 100]);
         assert_eq!(m.entries.capacity(), 1);
     }
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::sink::file::FileMode;
 
 const GOOD_SOURCE: &str = "  - name: a\n    kind: oauth2\n    token_url: https://idp.example.com/token\n    client_id: a\n    client_secret: { env: A_SECRET }\n    sinks:\n      - file: { path: a.token }\n";
 
@@ -334,7 +335,7 @@ fn yaml_1_2_scalars_stay_strings() {
         FileMode(0o440),
         "an unquoted 0440 is read as octal"
     );
-    let crate::source::SourceSpec::Oauth2(o) = &c.sources[0].spec else {
+    let crate::source::SourceSpec::OAuth2(o) = &c.sources[0].spec else {
         panic!("oauth2")
     };
     assert_eq!(o.headers.get("X-On").map(String::as_str), Some("yes"));

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::{Config, HttpConfig, RefreshConfig, RetryConfig};
+use crate::names::check_source_name;
 
-/// Longest source name (it ends up in file names and metric labels).
-const MAX_NAME_LEN: usize = 63;
+/// What `validate` says of a credential written in the YAML.
+const INLINE_SECRET: &str = "credential written in the config: use { file: PATH } or { env: NAME }, or set `allow_inline_secrets: true`";
 
 pub(super) fn check(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
@@ -29,7 +30,7 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
     let mut targets: HashMap<PathBuf, String> = HashMap::new();
     for (i, source) in config.sources.iter().enumerate() {
         let at = format!("sources[{i}]");
-        if let Some(message) = name_problem(&source.name) {
+        if let Err(message) = check_source_name(&source.name) {
             push(format!("{at}.name"), message);
         }
         if let Some(first) = names.insert(&source.name, i) {
@@ -76,15 +77,13 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
                 format!("{:?} is larger than max ({:?})", retry.initial, retry.max),
             );
         }
-        for (field, message) in source.spec.check() {
+        let kind = source.spec.kind();
+        for (field, message) in kind.check() {
             push(format!("{at}.{field}"), message);
         }
         if !config.allow_inline_secrets {
-            for field in source.spec.inline_secrets() {
-                push(
-                    format!("{at}.{field}"),
-                    "credential written in the config: use { file: PATH } or { env: NAME }, or set `allow_inline_secrets: true`".into(),
-                );
+            for field in kind.inline_secrets() {
+                push(format!("{at}.{field}"), INLINE_SECRET.into());
             }
         }
         if source.sinks.is_empty() {
@@ -93,17 +92,20 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
                 "no sinks: add at least one, e.g. `- file: { path: NAME.token }`".into(),
             );
         }
-        for (j, sink) in source.sinks.iter().enumerate() {
+        for (j, entry) in source.sinks.iter().enumerate() {
             let sink_at = format!("{at}.sinks[{j}]");
+            // Fields of a sink entry sit under its kind's key (`file.path`).
+            let field_at = format!("{sink_at}.{}", entry.name());
+            let sink = entry.kind();
             for (field, message) in sink.check() {
-                push(format!("{sink_at}.{field}"), message);
+                push(format!("{field_at}.{field}"), message);
             }
             if !config.allow_inline_secrets {
                 for field in sink.inline_secrets() {
-                    push(format!("{sink_at}.{field}"), "credential written in the config: use { file: PATH } or { env: NAME }, or set `allow_inline_secrets: true`".into());
+                    push(format!("{field_at}.{field}"), INLINE_SECRET.into());
                 }
             }
-            match (source.spec.is_multi_instance(), sink.is_per_instance()) {
+            match (kind.is_multi_instance(), sink.is_per_instance()) {
                 (true, false) if sink.names_one_place() => push(
                     sink_at.clone(),
                     "this source yields one token per tenant: put `{tenant}` in the path, e.g. `path: \"tokens/{tenant}.token\"`".into(),
@@ -111,11 +113,11 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
                 (false, true) => push(sink_at.clone(), "`{tenant}` only applies to per-tenant sources".into()),
                 _ => {}
             }
-            if let Some((field, target)) = sink.target(&config.defaults.file)
+            if let Some((field, target)) = sink.target(&config.defaults.file.dir)
                 && let Some(other) = targets.insert(target.clone(), sink_at.clone())
             {
                 push(
-                    format!("{sink_at}.{field}"),
+                    format!("{field_at}.{field}"),
                     format!("{} is also written by {other}", target.display()),
                 );
             }
@@ -132,21 +134,12 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
         .iter()
         .flat_map(|s| {
             s.spec
+                .kind()
                 .inline_secrets()
                 .into_iter()
                 .map(move |f| format!("source `{}`: {f} is written inline in the config", s.name))
         })
         .collect()
-}
-
-fn name_problem(name: &str) -> Option<String> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    (!valid).then(|| format!("`{name}` is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, `-`, `_` or `.`, starting with a letter or digit"))
 }
 
 fn check_refresh(r: &RefreshConfig, at: &str, push: &mut impl FnMut(String, String)) {

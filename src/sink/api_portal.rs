@@ -1,5 +1,5 @@
 //! `api_portal:` sink — publishes each token into webMethods API-Portal as an external access
-//! token (seed 004): `POST /abs/apirepository/accesstokens/external` the first time (the answer
+//! token (as its REST API reference describes): `POST /abs/apirepository/accesstokens/external` the first time (the answer
 //! is the bare token id), `PUT …/external/<id>` on renewal (404: the portal lost it, create it
 //! again), `DELETE …/external/<id>` on removal or `token-agent revoke`.
 //!
@@ -12,17 +12,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::{info, warn};
 
 use super::atomic::{self, Ownership};
-use crate::config::HttpSettings;
+use super::{
+    BoxFuture, BuildError, Problems, Sink, SinkContext, SinkError, SinkKind, SinkSet, Written,
+    replaced,
+};
+use crate::credential::{CredentialError, CredentialRef};
+use crate::error::{Reason, cause_chain};
+use crate::http::{self, HttpError};
+use crate::names::InstanceId;
 use crate::redact::url_for_display;
-use crate::secret::SecretRef;
-use crate::source::client::{self, HttpClients};
 use crate::template::Templates;
 use crate::token::Token;
 
@@ -45,8 +49,8 @@ pub struct ApiPortalConfig {
     /// `http(s)://<host>:<port>` of API-Portal.
     pub url: String,
     /// A user of the API Consumption Approvers group.
-    pub username: SecretRef,
-    pub password: SecretRef,
+    pub username: CredentialRef,
+    pub password: CredentialRef,
     /// The portal user id the token belongs to (from API-Portal's e-mail).
     pub user: String,
     /// Key/value templates sent as `propertyList`.
@@ -60,15 +64,14 @@ pub struct Property {
     pub value: String,
 }
 
-impl ApiPortalConfig {
-    pub fn check(&self) -> Vec<(String, String)> {
+impl SinkKind for ApiPortalConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
-        match url::Url::parse(&self.url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            _ => problems.push((
+        if http::http_url(&self.url).is_err() {
+            problems.push((
                 "url".into(),
                 format!("`{}` is not an http(s) URL", self.url),
-            )),
+            ));
         }
         if self.user.trim().is_empty() {
             problems.push(("user".into(), "must be the portal user id".into()));
@@ -90,30 +93,71 @@ impl ApiPortalConfig {
         problems
     }
 
-    pub fn inline_secrets(&self) -> bool {
-        self.password.is_inline()
+    fn inline_secrets(&self) -> Vec<String> {
+        if self.password.is_inline() {
+            vec!["password".into()]
+        } else {
+            vec![]
+        }
     }
 
-    pub fn build(
-        &self,
-        source: &str,
-        state_dir: &Path,
-        http: &HttpSettings,
-        clients: &HttpClients,
-    ) -> Result<ApiPortalSink, String> {
-        let base = url::Url::parse(&self.url).map_err(|e| format!("url: {e}"))?;
-        let client = clients.get(http).map_err(|e| e.to_string())?;
-        Ok(ApiPortalSink {
+    fn is_per_instance(&self) -> bool {
+        false
+    }
+
+    /// One portal entry per tenant, kept apart by the portal itself.
+    fn names_one_place(&self) -> bool {
+        false
+    }
+
+    fn target(&self, _: &Path) -> Option<(&'static str, PathBuf)> {
+        None
+    }
+
+    fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError> {
+        let base = http::http_url(&self.url).map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
+        Ok(Box::new(ApiPortalSink {
             inner: Arc::new(Inner {
-                client,
-                shown: url_for_display(&base).trim_end_matches('/').to_owned(),
+                client: ctx.clients.get(ctx.http)?,
+                display_url: url_for_display(&base).trim_end_matches('/').to_owned(),
                 base: self.url.trim_end_matches('/').to_owned(),
-                timeout: http.timeout,
+                timeout: ctx.http.timeout,
                 config: self.clone(),
                 source: source.to_owned(),
-                state_dir: state_dir.to_owned(),
+                state_dir: ctx.state_dir.to_owned(),
                 templates: Templates::new(),
             }),
+        }))
+    }
+
+    /// Entries recorded by sinks or sources that are no longer configured are deleted with the
+    /// credentials of a configured sink for the same portal; without one (also when no portal
+    /// sink is left at all), a warning says so.
+    fn revoke_orphans<'a>(sinks: &'a SinkSet<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let portals: Vec<&ApiPortalSink> = sinks.of_kind().collect();
+            for (path, state) in recorded(sinks.state_dir) {
+                if portals
+                    .iter()
+                    .any(|p| p.owns(&state.source, &state.portal, &state.user))
+                {
+                    continue;
+                }
+                match portals.iter().find(|p| p.portal() == state.portal) {
+                    Some(p) => match p.delete_recorded(&path, &state.token_id).await {
+                        Ok(()) => {
+                            info!(source = %state.source, portal = %state.portal, "deleted the API-Portal entry of a removed sink")
+                        }
+                        Err(e) => {
+                            warn!(source = %state.source, portal = %state.portal, error = %cause_chain(&e), "cannot delete the API-Portal entry of a removed sink")
+                        }
+                    },
+                    None => warn!(
+                        source = %state.source, portal = %state.portal, state = %path.display(),
+                        "an API-Portal entry of a removed sink remains: no configured sink has credentials for that portal; delete it in the portal, then remove the state file"
+                    ),
+                }
+            }
         })
     }
 }
@@ -122,9 +166,9 @@ impl ApiPortalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
     #[error(transparent)]
-    Request(#[from] crate::source::FetchError),
+    Request(#[from] HttpError),
     #[error("cannot read the portal credentials: {0}")]
-    Credential(#[from] crate::secret::SecretError),
+    Credential(#[from] CredentialError),
     #[error("{0}")]
     Template(String),
     #[error("{url} answered with an unusable token id")]
@@ -133,8 +177,8 @@ pub enum PortalError {
     State { path: PathBuf, detail: String },
 }
 
-impl PortalError {
-    pub fn reason(&self) -> &'static str {
+impl Reason for PortalError {
+    fn reason(&self) -> &'static str {
         match self {
             PortalError::Request(e) => e.reason(),
             PortalError::Credential(_) => "credential_unreadable",
@@ -181,7 +225,7 @@ pub struct ApiPortalSink {
 struct Inner {
     client: reqwest::Client,
     base: String,
-    shown: String,
+    display_url: String,
     timeout: Duration,
     config: ApiPortalConfig,
     source: String,
@@ -192,7 +236,7 @@ struct Inner {
 impl std::fmt::Debug for ApiPortalSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiPortalSink")
-            .field("portal", &self.inner.shown)
+            .field("portal", &self.inner.display_url)
             .field("source", &self.inner.source)
             .finish()
     }
@@ -200,27 +244,32 @@ impl std::fmt::Debug for ApiPortalSink {
 
 /// A token id goes into a URL path: only what API-Portal ids are made of.
 fn usable_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    crate::names::fits(id, 128, |_| true, |c| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_'
+    })
+}
+
+/// The instance a state file records (`""` for a single-token source), if it is one an
+/// instance id can be.
+fn recorded_instance(instance: &str) -> Option<InstanceId> {
+    if instance.is_empty() {
+        Some(InstanceId::single())
+    } else {
+        InstanceId::tenant(instance).ok()
+    }
 }
 
 impl ApiPortalSink {
-    pub fn label(&self) -> String {
-        format!("api_portal:{}", self.inner.shown)
-    }
-
     /// `<state_dir>/api-portal/<source>/<instance>-<portal hash>.json`
-    fn state_path(&self, instance: &str) -> PathBuf {
+    fn state_path(&self, instance: &InstanceId) -> PathBuf {
         let i = &self.inner;
-        let portal =
-            &crate::token::fingerprint(format!("{}|{}", i.shown, i.config.user).as_bytes())[..12];
-        let name = if instance.is_empty() {
-            "_".to_owned()
+        let portal = &crate::token::fingerprint(
+            format!("{}|{}", i.display_url, i.config.user).as_bytes(),
+        )[..12];
+        let name = if instance.is_single() {
+            "_"
         } else {
-            instance.to_owned()
+            instance.as_str()
         };
         i.state_dir
             .join("api-portal")
@@ -228,13 +277,13 @@ impl ApiPortalSink {
             .join(format!("{name}-{portal}.json"))
     }
 
-    fn load_id(&self, instance: &str) -> Option<String> {
+    fn load_id(&self, instance: &InstanceId) -> Option<String> {
         let state: State =
             serde_json::from_slice(&std::fs::read(self.state_path(instance)).ok()?).ok()?;
         (state.source == self.inner.source && usable_id(&state.token_id)).then_some(state.token_id)
     }
 
-    fn save_id(&self, instance: &str, id: &str) -> Result<(), PortalError> {
+    fn save_id(&self, instance: &InstanceId, id: &str) -> Result<(), PortalError> {
         let path = self.state_path(instance);
         let fail = |detail: String| PortalError::State {
             path: path.clone(),
@@ -244,8 +293,8 @@ impl ApiPortalSink {
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         let state = State {
             source: self.inner.source.clone(),
-            instance: instance.to_owned(),
-            portal: self.inner.shown.clone(),
+            instance: instance.as_str().to_owned(),
+            portal: self.inner.display_url.clone(),
             user: self.inner.config.user.clone(),
             token_id: id.to_owned(),
         };
@@ -270,18 +319,7 @@ impl ApiPortalSink {
     ) -> Result<(reqwest::RequestBuilder, Vec<String>), PortalError> {
         let c = &self.inner.config;
         let (user, password) = (c.username.load()?, c.password.load()?);
-        let pair = STANDARD.encode(format!(
-            "{}:{}",
-            user.expose_secret(),
-            password.expose_secret()
-        ));
-        let mut auth =
-            reqwest::header::HeaderValue::from_str(&format!("Basic {pair}")).map_err(|_| {
-                PortalError::Template(
-                    "the portal username or password is not valid in a header".into(),
-                )
-            })?;
-        auth.set_sensitive(true);
+        let auth = http::basic_auth(user.expose_secret(), password.expose_secret());
         let builder = self
             .inner
             .client
@@ -296,7 +334,11 @@ impl ApiPortalSink {
         ))
     }
 
-    fn body(&self, token: &Token, instance: &str) -> Result<serde_json::Value, PortalError> {
+    fn body(
+        &self,
+        token: &Token,
+        instance: &InstanceId,
+    ) -> Result<serde_json::Value, PortalError> {
         let i = &self.inner;
         let values: BTreeMap<String, String> = [
             ("token", token.secret().to_owned()),
@@ -310,7 +352,7 @@ impl ApiPortalSink {
             ),
             ("token_type", token.token_type.clone()),
             ("source", i.source.clone()),
-            ("tenant", instance.to_owned()),
+            ("tenant", instance.as_str().to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -332,9 +374,9 @@ impl ApiPortalSink {
     }
 
     /// Creates or renews the portal entry for `instance`.
-    pub async fn write(&self, token: &Token, instance: &str) -> Result<(), PortalError> {
+    async fn publish(&self, token: &Token, instance: &InstanceId) -> Result<(), PortalError> {
         let body = self.body(token, instance)?;
-        let shown = format!("{}{PATH}", self.inner.shown);
+        let display_url = format!("{}{PATH}", self.inner.display_url);
         if let Some(id) = self.load_id(instance) {
             let (request, mut secrets) = self.request(
                 reqwest::Method::PUT,
@@ -342,32 +384,32 @@ impl ApiPortalSink {
             )?;
             secrets.push(token.secret().to_owned());
             let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            let reply = client::send(request.json(&body), &shown, self.inner.timeout).await?;
+            let reply = http::send(request.json(&body), &display_url, self.inner.timeout).await?;
             if reply.status != 404 {
-                reply.success(&shown, &refs)?;
+                reply.success(&display_url, &refs)?;
                 return Ok(());
             }
-            tracing::info!(source = %self.inner.source, portal = %self.inner.shown, "the portal no longer knows the token id; creating the entry again");
+            info!(source = %self.inner.source, portal = %self.inner.display_url, "the portal no longer knows the token id; creating the entry again");
         }
         let (request, mut secrets) =
             self.request(reqwest::Method::POST, format!("{}{PATH}", self.inner.base))?;
         secrets.push(token.secret().to_owned());
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let reply = client::send(request.json(&body), &shown, self.inner.timeout)
+        let reply = http::send(request.json(&body), &display_url, self.inner.timeout)
             .await?
-            .success(&shown, &refs)?;
+            .success(&display_url, &refs)?;
         let id = String::from_utf8_lossy(&reply.body)
             .trim()
             .trim_matches('"')
             .to_owned();
         if !usable_id(&id) {
-            return Err(PortalError::BadId { url: shown });
+            return Err(PortalError::BadId { url: display_url });
         }
         self.save_id(instance, &id)
     }
 
     /// Deletes the entry this agent created for `instance`, and forgets its id.
-    pub async fn remove(&self, instance: &str) -> Result<(), PortalError> {
+    async fn unpublish(&self, instance: &InstanceId) -> Result<(), PortalError> {
         match self.load_id(instance) {
             Some(id) => self.delete_recorded(&self.state_path(instance), &id).await,
             None => Ok(()),
@@ -375,25 +417,25 @@ impl ApiPortalSink {
     }
 
     /// The portal this sink talks to, as shown in logs and state files.
-    pub fn portal(&self) -> &str {
-        &self.inner.shown
+    fn portal(&self) -> &str {
+        &self.inner.display_url
     }
 
     /// Deletes a recorded id (this sink's, or one left by a removed sink or source for the same
     /// portal) with this sink's credentials, then removes its state file. A 404 counts as done.
-    pub async fn delete_recorded(&self, state_file: &Path, id: &str) -> Result<(), PortalError> {
+    async fn delete_recorded(&self, state_file: &Path, id: &str) -> Result<(), PortalError> {
         if !usable_id(id) {
             return Ok(());
         }
-        let shown = format!("{}{PATH}", self.inner.shown);
+        let display_url = format!("{}{PATH}", self.inner.display_url);
         let (request, secrets) = self.request(
             reqwest::Method::DELETE,
             format!("{}{PATH}/{id}", self.inner.base),
         )?;
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let reply = client::send(request, &shown, self.inner.timeout).await?;
+        let reply = http::send(request, &display_url, self.inner.timeout).await?;
         if reply.status != 404 {
-            reply.success(&shown, &refs)?;
+            reply.success(&display_url, &refs)?;
         }
         atomic::remove(state_file).map_err(|e| PortalError::State {
             path: state_file.to_owned(),
@@ -402,12 +444,12 @@ impl ApiPortalSink {
     }
 
     /// Whether a state file belongs to this very sink.
-    pub fn owns(&self, source: &str, portal: &str, user: &str) -> bool {
-        source == self.inner.source && portal == self.inner.shown && user == self.inner.config.user
+    fn owns(&self, source: &str, portal: &str, user: &str) -> bool {
+        source == self.inner.source && portal == self.inner.display_url && user == self.inner.config.user
     }
 
     /// Instances with a stored id (for `revoke`).
-    pub fn stored_instances(&self) -> Vec<String> {
+    fn stored_instances(&self) -> Vec<InstanceId> {
         let dir = self
             .inner
             .state_dir
@@ -419,8 +461,36 @@ impl ApiPortalSink {
         entries
             .flatten()
             .filter_map(|e| serde_json::from_slice::<State>(&std::fs::read(e.path()).ok()?).ok())
-            .filter(|s| s.portal == self.inner.shown && s.user == self.inner.config.user)
-            .map(|s| s.instance)
+            .filter(|s| s.portal == self.inner.display_url && s.user == self.inner.config.user)
+            .filter_map(|s| recorded_instance(&s.instance))
             .collect()
+    }
+}
+
+impl Sink for ApiPortalSink {
+    fn label(&self) -> String {
+        format!("api_portal:{}", self.inner.display_url)
+    }
+
+    fn write<'a>(
+        &'a self,
+        token: &'a Token,
+        instance: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+        Box::pin(replaced(self.publish(token, instance)))
+    }
+
+    fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.unpublish(instance).await.map_err(Into::into) })
+    }
+
+    fn revoke(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
+        Box::pin(async move {
+            let instances = self.stored_instances();
+            for instance in &instances {
+                self.unpublish(instance).await?;
+            }
+            Ok(instances.len())
+        })
     }
 }

@@ -27,6 +27,8 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::error::Reason;
+
 /// Owner and permissions applied to every written file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ownership {
@@ -58,8 +60,8 @@ pub enum AtomicError {
     },
 }
 
-impl AtomicError {
-    pub fn reason(&self) -> &'static str {
+impl Reason for AtomicError {
+    fn reason(&self) -> &'static str {
         match self {
             AtomicError::Escape { .. } => "path_escape",
             AtomicError::IsDirectory { .. } => "not_a_file",

@@ -4,7 +4,9 @@
 //! SHA-256 of the token, never the token): on restart the agent reuses a still-valid token
 //! instead of fetching a new one, and the hash proves the file and the metadata belong together.
 
-use std::collections::HashSet;
+mod mode;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,10 +14,47 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::mode::FileMode;
 use super::atomic::{self, AtomicError, Dir, Ownership, Written};
 use super::format::{self, Format};
-use crate::config::{FileDefaults, FileMode};
+use super::{
+    BoxFuture, BuildError, Problems, Sink, SinkContext, SinkError, SinkKind, SinkSet, TENANT,
+    blocking,
+};
+use crate::names::{InstanceId, is_env_name};
 use crate::token::{Token, fingerprint};
+
+/// `defaults.file`: what file sinks use unless they say otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDefaults {
+    /// Directory that relative sink paths are resolved in and may not escape.
+    #[serde(default = "default_token_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: FileMode,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Default for FileDefaults {
+    fn default() -> Self {
+        FileDefaults {
+            dir: default_token_dir(),
+            mode: default_mode(),
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
+fn default_token_dir() -> PathBuf {
+    PathBuf::from("/var/run/tokens")
+}
+
+fn default_mode() -> FileMode {
+    FileMode(0o440)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,8 +75,14 @@ pub struct FileSinkConfig {
 }
 
 impl FileSinkConfig {
-    /// Problems as `(field relative to this sink, message)`.
-    pub fn check(&self) -> Vec<(String, String)> {
+    /// The directory this sink writes into: its own `dir`, else `default_dir`.
+    fn dir_or<'a>(&'a self, default_dir: &'a Path) -> &'a Path {
+        self.dir.as_deref().unwrap_or(default_dir)
+    }
+}
+
+impl SinkKind for FileSinkConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if let Err(message) = atomic::check_relative(&instance_path(&self.path, "tenant")) {
             problems.push(("path".into(), message));
@@ -45,7 +90,7 @@ impl FileSinkConfig {
         if let Some(name) = &self.env_name {
             if self.format != Format::Env {
                 problems.push(("env_name".into(), "only applies to `format: env`".into()));
-            } else if !format::is_valid_env_name(name) {
+            } else if !is_env_name(name) {
                 problems.push((
                     "env_name".into(),
                     format!("`{name}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
@@ -55,14 +100,43 @@ impl FileSinkConfig {
         problems
     }
 
-    /// The directory this sink writes into.
-    pub fn dir<'a>(&'a self, defaults: &'a FileDefaults) -> &'a Path {
-        self.dir.as_deref().unwrap_or(&defaults.dir)
+    fn is_per_instance(&self) -> bool {
+        self.path.to_string_lossy().contains(TENANT)
     }
 
-    pub fn build(&self, source: &str, defaults: &FileDefaults) -> FileSink {
+    fn target(&self, default_dir: &Path) -> Option<(&'static str, PathBuf)> {
+        Some(("path", self.dir_or(default_dir).join(&self.path)))
+    }
+
+    fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(self.file_sink(source, ctx.file)))
+    }
+
+    /// Temporaries of killed writes, with one directory read per directory however many sinks
+    /// write there (a read per sink was quadratic at 10 000 sources).
+    fn sweep_leftovers<'a>(sinks: &'a SinkSet<'a>) -> BoxFuture<'a, ()> {
+        let mut by_dir: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+        for (dir, prefixes) in sinks.of_kind::<FileSink>().filter_map(FileSink::stale_prefixes) {
+            by_dir.entry(dir).or_default().extend(prefixes);
+        }
+        Box::pin(async move {
+            let swept = blocking(move || {
+                for (dir, prefixes) in by_dir {
+                    atomic::remove_stale_temporaries(&dir, &prefixes);
+                }
+                Ok::<_, AtomicError>(())
+            });
+            // Best effort: what cannot be removed now is tried again at the next start.
+            let _ = swept.await;
+        })
+    }
+}
+
+impl FileSinkConfig {
+    /// The runnable sink (blocking methods, for tests and for [`SinkKind::build`]).
+    pub fn file_sink(&self, source: &str, defaults: &FileDefaults) -> FileSink {
         FileSink {
-            dir: self.dir(defaults).to_owned(),
+            dir: self.dir_or(&defaults.dir).to_owned(),
             path: self.path.clone(),
             format: self.format,
             owner: Ownership {
@@ -80,27 +154,9 @@ impl FileSinkConfig {
     }
 }
 
-/// The placeholder a per-tenant sink path carries.
-pub const TENANT: &str = "{tenant}";
-
 /// `path` with `{tenant}` replaced by `instance`.
 fn instance_path(path: &Path, instance: &str) -> PathBuf {
     PathBuf::from(path.to_string_lossy().replace(TENANT, instance))
-}
-
-/// A tenant id becomes a file name: only `[A-Za-z0-9._-]`, not starting with `.`, ≤ 128.
-pub fn check_instance_name(instance: &str) -> Result<(), String> {
-    let ok = !instance.is_empty()
-        && instance.len() <= 128
-        && !instance.starts_with('.')
-        && instance
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{instance}` cannot be used in a file name"))
-    }
 }
 
 /// Sidecar metadata; no secret in it.
@@ -114,7 +170,7 @@ struct Meta {
     expires_at: SystemTime,
     sha256: String,
     #[serde(default)]
-    metadata: std::collections::BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,19 +181,14 @@ pub struct FileSink {
     owner: Ownership,
     env_name: String,
     source: String,
-    /// Instances written since start (see [`FileSink::write`]).
-    written: Arc<Mutex<HashSet<String>>>,
+    /// Instances written since start (see [`FileSink::write_blocking`]).
+    written: Arc<Mutex<HashSet<InstanceId>>>,
 }
 
 /// Files read back at start are tokens or their metadata: anything larger is not ours.
 const MAX_EXISTING: u64 = 1 << 20;
 
 impl FileSink {
-    /// `file:<dir>/<path>` — bounded by the config, used as the metric label.
-    pub fn label(&self) -> String {
-        format!("file:{}", self.dir.join(&self.path).display())
-    }
-
     /// `.<name>.meta.json`, next to the token file.
     fn meta_name(name: &OsStr) -> OsString {
         let mut meta = OsString::from(".");
@@ -152,15 +203,17 @@ impl FileSink {
     }
 
     /// The relative path for `instance` (the configured path for a single-token source).
-    fn relative(&self, instance: &str) -> Result<PathBuf, AtomicError> {
+    fn relative(&self, instance: &InstanceId) -> Result<PathBuf, AtomicError> {
         if !self.is_per_instance() {
             return Ok(self.path.clone());
         }
-        check_instance_name(instance).map_err(|_| AtomicError::Escape {
-            path: PathBuf::from(instance),
-            dir: self.dir.clone(),
-        })?;
-        Ok(instance_path(&self.path, instance))
+        if instance.is_single() {
+            return Err(AtomicError::Escape {
+                path: self.path.clone(),
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(instance_path(&self.path, instance.as_str()))
     }
 
     /// Writes `token` for `instance` (blocking I/O; the agent runs it off the async threads).
@@ -172,7 +225,11 @@ impl FileSink {
     /// The first write of an instance after start compares with the disk, so a restarted agent
     /// re-delivering the token it found there does not touch the file; after that the agent
     /// only writes when it holds a new token.
-    pub fn write(&self, token: &Token, instance: &str) -> Result<Written, AtomicError> {
+    pub fn write_blocking(
+        &self,
+        token: &Token,
+        instance: &InstanceId,
+    ) -> Result<Written, AtomicError> {
         let relative = self.relative(instance)?;
         let (sub, name) = atomic::split(&relative);
         let dir = Dir::open(&self.dir, sub)?;
@@ -206,14 +263,14 @@ impl FileSink {
     }
 
     /// True the first time it is asked for `instance` since start.
-    fn first_write(&self, instance: &str) -> bool {
+    fn first_write(&self, instance: &InstanceId) -> bool {
         let mut seen = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        !seen.contains(instance) && seen.insert(instance.to_owned())
+        !seen.contains(instance) && seen.insert(instance.clone())
     }
 
     /// The directory this sink writes in and the temporary-file prefixes a killed write of it
     /// could leave there (token and metadata), for the sweep at start.
-    pub fn stale_prefixes(&self) -> Option<(PathBuf, Vec<String>)> {
+    fn stale_prefixes(&self) -> Option<(PathBuf, Vec<String>)> {
         let path = self.path.to_string_lossy().into_owned();
         let (parent, file) = match path.rsplit_once('/') {
             Some((parent, file)) => (self.dir.join(parent), file.to_owned()),
@@ -230,7 +287,7 @@ impl FileSink {
     }
 
     /// Removes the files of an instance that went away (per-instance paths only).
-    pub fn remove(&self, instance: &str) -> Result<(), AtomicError> {
+    pub fn remove_blocking(&self, instance: &InstanceId) -> Result<(), AtomicError> {
         if !self.is_per_instance() {
             return Ok(());
         }
@@ -249,7 +306,7 @@ impl FileSink {
 
     /// The token this sink holds from an earlier run, if its file and metadata agree
     /// (single-token paths only).
-    pub fn load_existing(&self) -> Option<Token> {
+    pub fn load_existing_blocking(&self) -> Option<Token> {
         if self.is_per_instance() {
             return None;
         }
@@ -274,10 +331,50 @@ impl FileSink {
     }
 }
 
+impl Sink for FileSink {
+    /// `file:<dir>/<path>` — bounded by the config, used as the metric label.
+    fn label(&self) -> String {
+        format!("file:{}", self.dir.join(&self.path).display())
+    }
+
+    fn write<'a>(
+        &'a self,
+        token: &'a Token,
+        instance: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+        let (sink, token, instance) = (self.clone(), token.clone(), instance.clone());
+        Box::pin(blocking(move || sink.write_blocking(&token, &instance)))
+    }
+
+    fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
+        let (sink, instance) = (self.clone(), instance.clone());
+        Box::pin(blocking(move || sink.remove_blocking(&instance)))
+    }
+
+    fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {
+        let sink = self.clone();
+        Box::pin(async move {
+            blocking(move || Ok::<_, AtomicError>(sink.load_existing_blocking()))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Reason;
     use std::time::Duration;
+
+    fn single() -> InstanceId {
+        InstanceId::single()
+    }
+
+    fn tenant(id: &str) -> InstanceId {
+        InstanceId::tenant(id).unwrap()
+    }
 
     fn sink(dir: &Path, format: Format) -> FileSink {
         let config = FileSinkConfig {
@@ -289,7 +386,7 @@ mod tests {
             gid: None,
             env_name: None,
         };
-        config.build(
+        config.file_sink(
             "orders",
             &FileDefaults {
                 dir: dir.to_owned(),
@@ -313,10 +410,10 @@ mod tests {
         for format in [Format::Raw, Format::Json, Format::Env] {
             let dir = tempfile::tempdir().unwrap();
             let s = sink(dir.path(), format);
-            assert!(s.load_existing().is_none());
+            assert!(s.load_existing_blocking().is_none());
             let t = token("tok-1");
-            s.write(&t, "").unwrap();
-            let back = s.load_existing().unwrap();
+            s.write_blocking(&t, &single()).unwrap();
+            let back = s.load_existing_blocking().unwrap();
             assert!(back.same_value(&t), "{format:?}");
             assert_eq!(
                 back.expires_at
@@ -343,7 +440,7 @@ mod tests {
             gid: None,
             env_name: None,
         };
-        let s = config.build(
+        let s = config.file_sink(
             "m",
             &FileDefaults {
                 dir: dir.path().to_owned(),
@@ -351,30 +448,34 @@ mod tests {
             },
         );
         assert!(s.is_per_instance());
-        s.write(&token("tok-a"), "tenant-a").unwrap();
+        s.write_blocking(&token("tok-a"), &tenant("tenant-a")).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("mdsp/tenant-a.token")).unwrap(),
             "tok-a"
         );
+        // A hostile tenant id never becomes an `InstanceId`, so it cannot reach a path; the one
+        // id that can, the single instance, is refused by a per-tenant sink.
         for bad in ["../x", "a/b", ".hidden", ""] {
-            assert_eq!(
-                s.write(&token("t"), bad).unwrap_err().reason(),
-                "path_escape",
-                "{bad}"
-            );
+            assert!(InstanceId::tenant(bad).is_err(), "{bad}");
         }
-        s.remove("tenant-a").unwrap();
+        assert_eq!(
+            s.write_blocking(&token("t"), &single())
+                .unwrap_err()
+                .reason(),
+            "path_escape"
+        );
+        s.remove_blocking(&tenant("tenant-a")).unwrap();
         assert!(!dir.path().join("mdsp/tenant-a.token").exists());
         assert!(!dir.path().join("mdsp/.tenant-a.token.meta.json").exists());
-        assert!(s.load_existing().is_none());
+        assert!(s.load_existing_blocking().is_none());
     }
 
     #[test]
     fn mismatched_metadata_is_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let s = sink(dir.path(), Format::Raw);
-        s.write(&token("tok-1"), "").unwrap();
+        s.write_blocking(&token("tok-1"), &single()).unwrap();
         std::fs::write(dir.path().join("a/t"), "someone-else").unwrap();
-        assert!(s.load_existing().is_none());
+        assert!(s.load_existing_blocking().is_none());
     }
 }

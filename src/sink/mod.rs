@@ -1,218 +1,223 @@
-//! Token sinks. A sink only writes; when and how often is the scheduler's business.
+//! Token sinks. A sink only writes (and removes what it wrote); when and how often is the
+//! agent's business.
 //!
-//! Adding a kind means one file here and one arm in [`SinkConfig`] and [`Sink`].
+//! A kind is one file holding its configuration, which implements [`SinkKind`] (checks and
+//! build), and the runnable sink it builds, which implements [`Sink`]. Adding a kind is that
+//! file plus one line in the registry below; `docs/architecture.md` walks through an example.
 
-pub mod api_portal;
 pub mod atomic;
-pub mod file;
 pub mod format;
-pub mod secret;
+
+use std::any::Any;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 pub use self::atomic::{AtomicError, Written};
-pub use self::secret::{KubeContext, SecretError};
-use crate::config::FileDefaults;
+use crate::error::Reason;
+use crate::http::{HttpClients, HttpSettings};
+use crate::k8s::KubeContext;
+use crate::kind::registry;
+pub use crate::kind::{BoxFuture, BuildError, Problems};
+use crate::names::InstanceId;
 use crate::token::Token;
 
-/// One entry of a source's `sinks:` list, keyed by kind (`- file: { … }`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    File(file::FileSinkConfig),
-    Secret(Box<secret::SecretSinkConfig>),
-    ApiPortal(Box<api_portal::ApiPortalConfig>),
-}
-
-/// What sinks are built with: file defaults and the (lazily created) Kubernetes client.
-pub struct SinkContext<'a> {
-    pub file: &'a FileDefaults,
-    pub kube: &'a KubeContext,
-    /// Where sinks keep state across restarts (API-Portal token ids).
-    pub state_dir: &'a std::path::Path,
-    /// The source's HTTP settings and the shared clients (for HTTP sinks).
-    pub http: &'a crate::config::HttpSettings,
-    pub clients: &'a crate::source::client::HttpClients,
-}
-
-impl SinkConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Secret(_) => "secret",
-            SinkConfig::ApiPortal(_) => "api_portal",
-        }
+registry! {
+    /// One entry of a source's `sinks:` list, keyed by kind (`- file: { … }`).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub enum SinkConfig: dyn SinkKind {
+        "file" => File(file::FileSinkConfig),
+        "secret" => Secret(secret::SecretSinkConfig),
+        "api_portal" => ApiPortal(api_portal::ApiPortalConfig),
     }
 
-    /// Problems as `(field relative to this sink entry, message)`.
-    pub fn check(&self) -> Vec<(String, String)> {
-        match self {
-            SinkConfig::File(c) => c
-                .check()
-                .into_iter()
-                .map(|(f, m)| (format!("file.{f}"), m))
-                .collect(),
-            SinkConfig::Secret(c) => c
-                .check()
-                .into_iter()
-                .map(|(f, m)| (format!("secret.{f}"), m))
-                .collect(),
-            SinkConfig::ApiPortal(c) => c
-                .check()
-                .into_iter()
-                .map(|(f, m)| (format!("api_portal.{f}"), m))
-                .collect(),
-        }
+    /// Before the first write of `run` or `once`: each kind removes what killed writes of an
+    /// earlier run left behind ([`SinkKind::sweep_leftovers`]).
+    per kind async fn sweep_leftovers(sinks: &SinkSet<'_>);
+
+    /// When `run` starts: each kind deletes what earlier runs created for sinks that are no
+    /// longer configured ([`SinkKind::revoke_orphans`]).
+    per kind async fn revoke_orphans(sinks: &SinkSet<'_>);
+}
+
+/// The placeholder of per-tenant sinks: a path or name holding it names one place per tenant.
+pub const TENANT: &str = "{tenant}";
+
+/// The configuration side of a sink kind: what `validate` checks and what the agent builds.
+pub trait SinkKind {
+    /// Problems as `(field relative to the kind's entry, message)`.
+    fn check(&self) -> Problems;
+
+    /// Fields holding a credential written in the YAML itself.
+    fn inline_secrets(&self) -> Vec<String> {
+        Vec::new()
     }
+
+    /// Whether the sink's location contains `{tenant}` (one place per instance).
+    fn is_per_instance(&self) -> bool;
 
     /// Whether this sink writes one named place (a file, a Secret), which per-tenant sources
-    /// must name with `{tenant}`. API-Portal keeps one entry per tenant by itself.
-    pub fn names_one_place(&self) -> bool {
-        !matches!(self, SinkConfig::ApiPortal(_))
+    /// must name with `{tenant}`. A sink that keeps one entry per tenant by itself says no.
+    fn names_one_place(&self) -> bool {
+        true
     }
 
-    /// Field names of credentials written inline.
-    pub fn inline_secrets(&self) -> Vec<&'static str> {
-        match self {
-            SinkConfig::ApiPortal(c) if c.inline_secrets() => vec!["api_portal.password"],
-            _ => vec![],
-        }
+    /// The place this sink writes (a relative file path resolved against `default_dir`, the
+    /// token directory of `defaults.file`), with the field that names it, so that `validate`
+    /// refuses two sinks writing the same place.
+    fn target(&self, default_dir: &Path) -> Option<(&'static str, PathBuf)>;
+
+    /// Whether the sink writes somewhere every replica shares (a Secret), so that with leader
+    /// election only the Lease holder may write it.
+    fn needs_leader(&self) -> bool {
+        false
     }
 
-    /// Whether the sink's location contains `{tenant}`.
-    pub fn is_per_instance(&self) -> bool {
-        match self {
-            SinkConfig::File(c) => c.path.to_string_lossy().contains(file::TENANT),
-            SinkConfig::Secret(c) => c.name.contains(file::TENANT),
-            SinkConfig::ApiPortal(_) => false,
-        }
+    /// The runnable sink for source `source`.
+    fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError>;
+
+    /// Kind-level, before the first write of `run` or `once`: removes what killed writes of an
+    /// earlier run left behind. Runs once per kind, with every sink of the agent.
+    fn sweep_leftovers<'a>(_sinks: &'a SinkSet<'a>) -> BoxFuture<'a, ()>
+    where
+        Self: Sized,
+    {
+        Box::pin(async {})
     }
 
-    /// The place this sink writes to, with the field that names it, so two sinks never write
-    /// the same place.
-    pub fn target(
-        &self,
-        file_defaults: &FileDefaults,
-    ) -> Option<(&'static str, std::path::PathBuf)> {
-        match self {
-            SinkConfig::File(c) => Some(("file.path", c.dir(file_defaults).join(&c.path))),
-            SinkConfig::Secret(c) => Some((
-                "secret.name",
-                std::path::PathBuf::from(format!(
-                    "secret://{}/{}",
-                    c.namespace.as_deref().unwrap_or(""),
-                    c.name
-                )),
-            )),
-            SinkConfig::ApiPortal(_) => None,
-        }
-    }
-
-    pub fn build(&self, source: &str, ctx: &SinkContext) -> Result<Sink, String> {
-        Ok(match self {
-            SinkConfig::File(c) => Sink::File(c.build(source, ctx.file)),
-            SinkConfig::Secret(c) => Sink::Secret(c.build(source, ctx.kube)),
-            SinkConfig::ApiPortal(c) => {
-                Sink::ApiPortal(c.build(source, ctx.state_dir, ctx.http, ctx.clients)?)
-            }
-        })
+    /// Kind-level, when `run` starts: deletes what earlier runs created for sinks that are no
+    /// longer configured. Runs once per kind, even when no sink of the kind is configured.
+    fn revoke_orphans<'a>(_sinks: &'a SinkSet<'a>) -> BoxFuture<'a, ()>
+    where
+        Self: Sized,
+    {
+        Box::pin(async {})
     }
 }
 
-/// Why a write failed; the previous token stays in place.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error(transparent)]
-    File(#[from] AtomicError),
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error(transparent)]
-    Portal(#[from] api_portal::PortalError),
-    #[error("sink task failed: {0}")]
-    Join(String),
+/// What sinks are built with.
+pub struct SinkContext<'a> {
+    /// `defaults.file`, for file sinks that do not set their own.
+    pub file: &'a file::FileDefaults,
+    pub kube: &'a KubeContext,
+    /// Where sinks keep state across restarts (API-Portal token ids).
+    pub state_dir: &'a Path,
+    /// The source's HTTP settings and the shared clients (for HTTP sinks).
+    pub http: &'a HttpSettings,
+    pub clients: &'a HttpClients,
+}
+
+/// Every sink the agent built, and where sinks keep state: what the kind-level hooks see.
+pub struct SinkSet<'a> {
+    pub sinks: &'a [&'a dyn Sink],
+    pub state_dir: &'a Path,
+}
+
+impl SinkSet<'_> {
+    /// The sinks of one kind: those whose runtime type is `T`.
+    pub fn of_kind<T: Sink>(&self) -> impl Iterator<Item = &T> {
+        self.sinks
+            .iter()
+            .filter_map(|s| (*s as &dyn Any).downcast_ref::<T>())
+    }
+}
+
+/// A runnable sink: writes what the agent hands it, and removes what it wrote.
+pub trait Sink: Any + Send + Sync {
+    /// Bounded, secret-free label for metrics and logs.
+    fn label(&self) -> String;
+
+    /// Writes `token` for `instance`; the previous token stays in place if this fails.
+    fn write<'a>(
+        &'a self,
+        token: &'a Token,
+        instance: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<Written, SinkError>>;
+
+    /// Removes what was written for an instance that went away upstream.
+    fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// A token an earlier run left here that still matches its record, for a warm restart.
+    fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {
+        Box::pin(async { None })
+    }
+
+    /// `token-agent revoke`: deletes everything recorded as created by this sink, and says how
+    /// many entries that was.
+    fn revoke(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
+        Box::pin(async { Ok(0) })
+    }
+}
+
+/// Why a write or a removal failed: the kind's own error (its message and cause chain) and its
+/// metric reason.
+#[derive(Debug)]
+pub struct SinkError {
+    reason: &'static str,
+    error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl SinkError {
+    /// The metric label: a small closed set, never free text.
     pub fn reason(&self) -> &'static str {
-        match self {
-            SinkError::File(e) => e.reason(),
-            SinkError::Secret(e) => e.reason(),
-            SinkError::Portal(e) => e.reason(),
-            SinkError::Join(_) => "internal",
+        self.reason
+    }
+}
+
+impl<E: Reason + std::error::Error + Send + Sync + 'static> From<E> for SinkError {
+    fn from(error: E) -> Self {
+        SinkError {
+            reason: error.reason(),
+            error: Box::new(error),
         }
     }
 }
 
-/// A runnable sink.
-#[derive(Debug, Clone)]
-pub enum Sink {
-    File(file::FileSink),
-    Secret(secret::SecretSink),
-    ApiPortal(api_portal::ApiPortalSink),
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
 }
 
-impl Sink {
-    /// Bounded, secret-free label for metrics and logs.
-    pub fn label(&self) -> String {
-        match self {
-            Sink::File(s) => s.label(),
-            Sink::Secret(s) => s.label(),
-            Sink::ApiPortal(s) => s.label(),
-        }
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
+}
 
-    /// Writes `token` for `instance` ([`crate::source::SINGLE`] for single-token sources).
-    pub async fn write(&self, token: &Token, instance: &str) -> Result<Written, SinkError> {
-        match self {
-            Sink::File(s) => {
-                let (s, token, instance) = (s.clone(), token.clone(), instance.to_owned());
-                tokio::task::spawn_blocking(move || s.write(&token, &instance))
-                    .await
-                    .map_err(|e| SinkError::Join(e.to_string()))?
-                    .map_err(SinkError::from)
-            }
-            // Server-side apply of identical content is a no-op on the server; the agent
-            // only calls write when the token changed.
-            Sink::Secret(s) => s
-                .write(token, instance)
-                .await
-                .map(|()| Written::Replaced)
-                .map_err(SinkError::from),
-            Sink::ApiPortal(s) => s
-                .write(token, instance)
-                .await
-                .map(|()| Written::Replaced)
-                .map_err(SinkError::from),
-        }
+/// For sinks whose write is a call to a remote API, which has no "unchanged": the call's
+/// outcome as a write that replaced the token.
+pub async fn replaced<E: Into<SinkError>>(
+    call: impl Future<Output = Result<(), E>>,
+) -> Result<Written, SinkError> {
+    call.await.map_err(Into::into)?;
+    Ok(Written::Replaced)
+}
+
+/// A blocking sink task that panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("sink task failed: {0}")]
+struct TaskFailed(String);
+
+impl Reason for TaskFailed {
+    fn reason(&self) -> &'static str {
+        "internal"
     }
+}
 
-    /// Removes what was written for an instance that went away.
-    pub async fn remove(&self, instance: &str) -> Result<(), SinkError> {
-        match self {
-            Sink::File(s) => {
-                let (s, instance) = (s.clone(), instance.to_owned());
-                tokio::task::spawn_blocking(move || s.remove(&instance))
-                    .await
-                    .map_err(|e| SinkError::Join(e.to_string()))?
-                    .map_err(SinkError::from)
-            }
-            Sink::Secret(s) => s.remove(instance).await.map_err(SinkError::from),
-            Sink::ApiPortal(s) => s.remove(instance).await.map_err(SinkError::from),
-        }
-    }
-
-    /// A token left by an earlier run, for a warm restart.
-    pub async fn load_existing(&self) -> Option<Token> {
-        match self {
-            Sink::File(s) => {
-                let s = s.clone();
-                tokio::task::spawn_blocking(move || s.load_existing())
-                    .await
-                    .ok()
-                    .flatten()
-            }
-            // Warm restarts read the file sinks; a Secret is simply applied again.
-            Sink::Secret(_) | Sink::ApiPortal(_) => None,
-        }
+/// Runs blocking file-system work of a sink on the blocking pool, off the async threads, so a
+/// hung volume stalls neither `/healthz` nor the other sources.
+pub async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, SinkError>
+where
+    T: Send + 'static,
+    E: Into<SinkError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => Err(TaskFailed(e.to_string()).into()),
     }
 }

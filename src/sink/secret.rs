@@ -6,18 +6,24 @@
 //! this source) are ever deleted, when a tenant goes away.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::Deserialize;
-use tokio::sync::OnceCell;
 
 use super::format::Format;
+use super::{
+    BoxFuture, BuildError, Problems, Sink, SinkContext, SinkError, SinkKind, TENANT, Written,
+    replaced,
+};
+use crate::error::{Reason, cause_chain};
+use crate::http::basic_credentials;
+use crate::k8s::{KubeContext, NoClient};
+use crate::names::{InstanceId, is_config_key, is_dns_label, is_dns_subdomain};
 use crate::redact::scrub;
 use crate::token::Token;
 
@@ -106,27 +112,10 @@ pub struct Owner {
     pub uid: String,
 }
 
-/// Secret names and data keys: DNS-1123 subdomain / config key rules.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-fn valid_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-impl SecretSinkConfig {
-    pub fn check(&self) -> Vec<(String, String)> {
+impl SinkKind for SecretSinkConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
-        if !valid_name(&self.name.replace(super::file::TENANT, "t")) {
+        if !is_dns_subdomain(&self.name.replace(TENANT, "t")) {
             problems.push((
                 "name".into(),
                 format!(
@@ -136,7 +125,7 @@ impl SecretSinkConfig {
             ));
         }
         if let Some(ns) = &self.namespace
-            && (!valid_name(ns) || ns.contains('.') || ns.len() > 63)
+            && !is_dns_label(ns)
         {
             problems.push((
                 "namespace".into(),
@@ -149,7 +138,7 @@ impl SecretSinkConfig {
             self.keys.json.as_ref(),
         ];
         for key in keys.into_iter().flatten() {
-            if !valid_key(key) {
+            if !is_config_key(key) {
                 problems.push((
                     "keys".into(),
                     format!("`{key}` is not a valid data key ([-._a-zA-Z0-9]+)"),
@@ -176,49 +165,37 @@ impl SecretSinkConfig {
         problems
     }
 
-    pub fn build(&self, source: &str, kube: &KubeContext) -> SecretSink {
-        SecretSink {
+    fn is_per_instance(&self) -> bool {
+        self.name.contains(TENANT)
+    }
+
+    fn target(&self, _: &Path) -> Option<(&'static str, PathBuf)> {
+        let namespace = self.namespace.as_deref().unwrap_or("");
+        Some((
+            "name",
+            PathBuf::from(format!("secret://{namespace}/{}", self.name)),
+        ))
+    }
+
+    /// Every replica sees the same Secret: only the Lease holder writes it.
+    fn needs_leader(&self) -> bool {
+        true
+    }
+
+    fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError> {
+        Ok(Box::new(SecretSink {
             config: Arc::new(self.clone()),
             source: source.to_owned(),
-            kube: kube.clone(),
-        }
-    }
-}
-
-/// The Kubernetes client, created on first use and shared by every Secret sink.
-#[derive(Clone, Default)]
-pub struct KubeContext {
-    client: Arc<OnceCell<kube::Client>>,
-}
-
-impl KubeContext {
-    /// A context with a client already made (tests, or a caller that built its own).
-    pub fn with_client(client: kube::Client) -> Self {
-        KubeContext {
-            client: Arc::new(OnceCell::new_with(Some(client))),
-        }
-    }
-
-    pub async fn client(&self) -> Result<kube::Client, SecretError> {
-        self.client
-            .get_or_try_init(|| async {
-                crate::install_crypto_provider();
-                kube::Client::try_default()
-                    .await
-                    .map_err(|e| SecretError::Client(e.to_string()))
-            })
-            .await
-            .cloned()
+            kube: ctx.kube.clone(),
+        }))
     }
 }
 
 /// Why a Secret could not be written. Never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error(
-        "no Kubernetes client: {0} (in a pod, mount a service account token; outside, set KUBECONFIG)"
-    )]
-    Client(String),
+    #[error(transparent)]
+    Client(#[from] NoClient),
     #[error(
         "secret {secret}: forbidden: the service account needs `get`, `create` and `patch` on `secrets` in namespace `{namespace}` ({message})"
     )]
@@ -240,8 +217,8 @@ pub enum SecretError {
     Connect { secret: String, detail: String },
 }
 
-impl SecretError {
-    pub fn reason(&self) -> &'static str {
+impl Reason for SecretError {
+    fn reason(&self) -> &'static str {
         match self {
             SecretError::Client(_) => "kube_client",
             SecretError::Forbidden { .. } => "forbidden",
@@ -272,23 +249,12 @@ impl std::fmt::Debug for SecretSink {
 }
 
 impl SecretSink {
-    pub fn label(&self) -> String {
-        format!(
-            "secret:{}/{}",
-            self.config
-                .namespace
-                .as_deref()
-                .unwrap_or("(own namespace)"),
-            self.config.name
-        )
+    fn is_per_instance(&self) -> bool {
+        self.config.name.contains(TENANT)
     }
 
-    pub fn is_per_instance(&self) -> bool {
-        self.config.name.contains(super::file::TENANT)
-    }
-
-    fn name(&self, instance: &str) -> String {
-        self.config.name.replace(super::file::TENANT, instance)
+    fn name(&self, instance: &InstanceId) -> String {
+        self.config.name.replace(TENANT, instance.as_str())
     }
 
     async fn api(&self) -> Result<(Api<Secret>, String), SecretError> {
@@ -302,13 +268,13 @@ impl SecretSink {
     }
 
     /// The Secret as this sink wants it (the whole intent of field manager `token-agent`).
-    pub fn desired(&self, token: &Token, instance: &str, namespace: &str) -> Secret {
+    pub fn desired(&self, token: &Token, instance: &InstanceId, namespace: &str) -> Secret {
         let c = &self.config;
         let expires_at = humantime::format_rfc3339_seconds(token.expires_at).to_string();
         let mut data = BTreeMap::new();
         match (c.secret_type, &c.registry) {
             (SecretType::DockerConfigJson, Some(r)) => {
-                let auth = STANDARD.encode(format!("{}:{}", r.username, token.secret()));
+                let auth = basic_credentials(&r.username, token.secret());
                 let doc = serde_json::json!({ "auths": { &r.server: { "username": r.username, "password": token.secret(), "auth": auth } } });
                 data.insert(
                     ".dockerconfigjson".to_owned(),
@@ -361,7 +327,7 @@ impl SecretSink {
     }
 
     /// Applies the Secret for `instance` holding `token`.
-    pub async fn write(&self, token: &Token, instance: &str) -> Result<(), SecretError> {
+    async fn apply(&self, token: &Token, instance: &InstanceId) -> Result<(), SecretError> {
         let (api, namespace) = self.api().await?;
         let name = self.name(instance);
         let secret = self.desired(token, instance, &namespace);
@@ -373,7 +339,7 @@ impl SecretSink {
     }
 
     /// Deletes the Secret of an instance that went away — only if this agent made it.
-    pub async fn remove(&self, instance: &str) -> Result<(), SecretError> {
+    async fn delete(&self, instance: &InstanceId) -> Result<(), SecretError> {
         if !self.is_per_instance() {
             return Ok(());
         }
@@ -417,6 +383,33 @@ impl SecretSink {
     }
 }
 
+impl Sink for SecretSink {
+    fn label(&self) -> String {
+        format!(
+            "secret:{}/{}",
+            self.config
+                .namespace
+                .as_deref()
+                .unwrap_or("(own namespace)"),
+            self.config.name
+        )
+    }
+
+    /// Server-side apply of identical content is a no-op on the server; the agent only calls
+    /// write when the token changed.
+    fn write<'a>(
+        &'a self,
+        token: &'a Token,
+        instance: &'a InstanceId,
+    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+        Box::pin(replaced(self.apply(token, instance)))
+    }
+
+    fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.delete(instance).await.map_err(Into::into) })
+    }
+}
+
 fn classify(error: kube::Error, namespace: &str, name: &str, secrets: &[&str]) -> SecretError {
     let secret = format!("{namespace}/{name}");
     match error {
@@ -449,7 +442,7 @@ fn classify(error: kube::Error, namespace: &str, name: &str, secrets: &[&str]) -
         }
         other => SecretError::Connect {
             secret,
-            detail: scrub(&crate::source::client::cause_chain(&other), secrets),
+            detail: scrub(&cause_chain(&other), secrets),
         },
     }
 }

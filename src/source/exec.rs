@@ -5,17 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::client::MAX_RESPONSE_BYTES;
-use super::error::FetchError;
 use super::response::{self, ResponseMapping};
+use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::credential::CredentialRef;
+use crate::http::MAX_RESPONSE_BYTES;
+use crate::names::is_env_name;
 use crate::redact::scrub;
-use crate::secret::SecretRef;
 use crate::token::Token;
 
 /// Most of stderr kept for an error message (before scrubbing and truncation).
@@ -25,7 +26,7 @@ const MAX_STDERR_BYTES: usize = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct ExecConfig {
     /// Program and arguments. With `shell: true`, one string run by `/bin/sh -c`.
-    #[serde(deserialize_with = "crate::config::scalar::strings")]
+    #[serde(deserialize_with = "crate::de::strings")]
     pub command: Vec<String>,
     #[serde(default)]
     pub shell: bool,
@@ -36,9 +37,9 @@ pub struct ExecConfig {
     pub env: BTreeMap<String, String>,
     /// Credentials passed as environment variables.
     #[serde(default)]
-    pub secret_env: BTreeMap<String, SecretRef>,
+    pub secret_env: BTreeMap<String, CredentialRef>,
     /// A credential written to the command's stdin (then closed).
-    pub stdin: Option<SecretRef>,
+    pub stdin: Option<CredentialRef>,
     /// How stdout is read (`format: text` for a bare token).
     #[serde(default)]
     pub response: ResponseMapping,
@@ -50,12 +51,13 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-fn valid_env_name(name: &str) -> bool {
-    crate::sink::format::is_valid_env_name(name)
-}
+impl SourceKind for ExecConfig {
+    /// The command's own timeout bounds the fetch.
+    fn fetch_bound(&self, _http_timeout: Duration) -> Duration {
+        self.timeout
+    }
 
-impl ExecConfig {
-    pub fn check(&self) -> Vec<(String, String)> {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
         match (self.command.as_slice(), self.shell) {
             ([], _) => problems.push(("command".into(), "must name a program".into())),
@@ -73,7 +75,7 @@ impl ExecConfig {
             problems.push(("timeout".into(), "must be greater than zero".into()));
         }
         for name in self.env.keys().chain(self.secret_env.keys()) {
-            if !valid_env_name(name) {
+            if !is_env_name(name) {
                 problems.push((format!("env.{name}"), "not a valid variable name".into()));
             }
         }
@@ -86,40 +88,40 @@ impl ExecConfig {
         problems
     }
 
-    pub fn inline_secrets(&self) -> Vec<String> {
+    fn inline_secrets(&self) -> Vec<String> {
         let mut fields: Vec<String> = self
             .secret_env
             .iter()
             .filter(|(_, r)| r.is_inline())
             .map(|(k, _)| format!("secret_env.{k}"))
             .collect();
-        if self.stdin.as_ref().is_some_and(SecretRef::is_inline) {
+        if self.stdin.as_ref().is_some_and(CredentialRef::is_inline) {
             fields.push("stdin".into());
         }
         fields
     }
 
-    pub fn build(&self) -> ExecSource {
-        let shown = if self.shell {
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let program = if self.shell {
             "/bin/sh -c …".to_owned()
         } else {
             self.command.first().cloned().unwrap_or_default()
         };
-        ExecSource {
+        Ok(Box::new(ExecSource {
             config: self.clone(),
-            shown,
-        }
+            program,
+        }))
     }
 }
 
 pub struct ExecSource {
     config: ExecConfig,
     /// The program name, for messages (never its arguments).
-    shown: String,
+    program: String,
 }
 
-impl ExecSource {
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+impl SingleTokenSource for ExecSource {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         let c = &self.config;
         let mut secrets: Vec<String> = Vec::new();
         let (program, args): (&str, Vec<&str>) = if c.shell {
@@ -151,12 +153,12 @@ impl ExecSource {
             cmd.env(name, &value);
             secrets.push(value);
         }
-        let stdin_value = c.stdin.as_ref().map(SecretRef::load).transpose()?;
+        let stdin_value = c.stdin.as_ref().map(CredentialRef::load).transpose()?;
         if let Some(v) = &stdin_value {
             secrets.push(v.expose_secret().to_owned());
         }
         let failed = |detail: String| FetchError::Command {
-            command: self.shown.clone(),
+            command: self.program.clone(),
             detail,
         };
         let mut child = cmd
@@ -195,16 +197,16 @@ impl ExecSource {
         let (status, stdout, stderr) = match tokio::time::timeout(c.timeout, run).await {
             Ok(done) => done,
             Err(_) => {
-                return Err(FetchError::Timeout {
-                    url: self.shown.clone(),
+                return Err(FetchError::CommandTimeout {
+                    command: self.program.clone(),
                     timeout: c.timeout,
                 });
             }
         };
         // Checked first: the command dies of SIGPIPE once the agent stops reading.
         if stdout.len() > MAX_RESPONSE_BYTES {
-            return Err(FetchError::TooLarge {
-                url: self.shown.clone(),
+            return Err(FetchError::CommandOutputTooLarge {
+                command: self.program.clone(),
                 limit: MAX_RESPONSE_BYTES,
             });
         }
@@ -223,6 +225,6 @@ impl ExecSource {
                 format!("{how}: {said}")
             }));
         }
-        response::token_from_body(&stdout, &c.response, c.ttl, now(), &self.shown)
+        response::token_from_body(&stdout, &c.response, c.ttl, now(), &self.program)
     }
 }

@@ -3,18 +3,16 @@
 //! and the answer is read as JSON (pointers) or as plain text.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::BuildError;
-use super::client::{self, HttpClients};
-use super::error::FetchError;
 use super::response::{self, ResponseMapping};
-use crate::config::HttpSettings;
+use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::credential::CredentialRef;
+use crate::http::{self, HttpError, UrlError};
 use crate::redact::url_for_display;
-use crate::secret::SecretRef;
 use crate::template::Templates;
 use crate::token::Token;
 
@@ -34,7 +32,7 @@ pub struct HttpSourceConfig {
     pub body: Option<String>,
     /// Credentials the templates may use, by name.
     #[serde(default)]
-    pub secrets: BTreeMap<String, SecretRef>,
+    pub secrets: BTreeMap<String, CredentialRef>,
     #[serde(default)]
     pub response: ResponseMapping,
     /// Lifetime to assume when the answer and the token carry no expiry.
@@ -65,7 +63,26 @@ impl HttpSourceConfig {
         all
     }
 
-    pub fn check(&self) -> Vec<(String, String)> {
+    /// The URL with every secret shown as `<secret>`, without query: what logs may show.
+    fn display_url(&self, templates: &Templates) -> Result<String, String> {
+        let masked: BTreeMap<String, String> = self
+            .secrets
+            .keys()
+            .map(|k| (k.clone(), "secret".to_owned()))
+            .collect();
+        let rendered = templates
+            .render("url", &self.url, &masked, &BTreeMap::new())
+            .map_err(|e| e.message)?;
+        let url = http::http_url(&rendered).map_err(|e| match e {
+            UrlError::NotAUrl(e) => format!("not a URL once rendered: {e}"),
+            scheme => scheme.to_string(),
+        })?;
+        Ok(url_for_display(&url))
+    }
+}
+
+impl SourceKind for HttpSourceConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if !METHODS.contains(&self.method.as_str()) {
             problems.push((
@@ -100,25 +117,7 @@ impl HttpSourceConfig {
         problems
     }
 
-    /// The URL with every secret shown as `<secret>`, without query: what logs may show.
-    fn display_url(&self, templates: &Templates) -> Result<String, String> {
-        let masked: BTreeMap<String, String> = self
-            .secrets
-            .keys()
-            .map(|k| (k.clone(), "secret".to_owned()))
-            .collect();
-        let rendered = templates
-            .render("url", &self.url, &masked, &BTreeMap::new())
-            .map_err(|e| e.message)?;
-        let url =
-            url::Url::parse(&rendered).map_err(|e| format!("not a URL once rendered: {e}"))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!("scheme `{}` is not http or https", url.scheme()));
-        }
-        Ok(url_for_display(&url))
-    }
-
-    pub fn inline_secrets(&self) -> Vec<String> {
+    fn inline_secrets(&self) -> Vec<String> {
         self.secrets
             .iter()
             .filter(|(_, r)| r.is_inline())
@@ -126,25 +125,21 @@ impl HttpSourceConfig {
             .collect()
     }
 
-    pub fn build(
-        &self,
-        http: &HttpSettings,
-        clients: &HttpClients,
-    ) -> Result<HttpSource, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let templates = Templates::new();
         let display_url = self
             .display_url(&templates)
             .map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
         let method = reqwest::Method::from_bytes(self.method.as_bytes())
             .map_err(|e| BuildError::Invalid(format!("method: {e}")))?;
-        Ok(HttpSource {
-            client: clients.get(http)?,
+        Ok(Box::new(HttpSource {
+            client: ctx.clients.get(ctx.http)?,
             templates,
             display_url,
             method,
-            timeout: http.timeout,
+            timeout: ctx.http.timeout,
             config: self.clone(),
-        })
+        }))
     }
 }
 
@@ -157,8 +152,8 @@ pub struct HttpSource {
     config: HttpSourceConfig,
 }
 
-impl HttpSource {
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+impl SingleTokenSource for HttpSource {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         let c = &self.config;
         let mut secrets = BTreeMap::new();
         for (name, reference) in &c.secrets {
@@ -167,7 +162,7 @@ impl HttpSource {
         let render = |field: &str, source: &str| {
             self.templates
                 .render(field, source, &secrets, &BTreeMap::new())
-                .map_err(|e| FetchError::Request {
+                .map_err(|e| HttpError::Request {
                     url: self.display_url.clone(),
                     detail: e.to_string(),
                 })
@@ -179,7 +174,7 @@ impl HttpSource {
                 &format!("headers.{name}"),
                 source,
             )?)
-            .map_err(|_| FetchError::Request {
+            .map_err(|_| HttpError::Request {
                 url: self.display_url.clone(),
                 detail: format!("header `{name}` renders to an invalid value"),
             })?;
@@ -189,7 +184,7 @@ impl HttpSource {
         if let Some(body) = &c.body {
             request = request.body(render("body", body)?);
         }
-        let reply = client::send(request, &self.display_url, self.timeout).await?;
+        let reply = http::send(request, &self.display_url, self.timeout).await?;
         let values: Vec<&str> = secrets.values().map(String::as_str).collect();
         let reply = reply.success(&self.display_url, &values)?;
         response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)

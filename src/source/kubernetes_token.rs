@@ -3,17 +3,20 @@
 //! an audience-bound token somewhere a projected volume cannot reach (another namespace's
 //! Secret, a file with a different owner).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 
-use super::error::FetchError;
 use super::response::{check_token_text, refuse_expired};
+use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::error::cause_chain;
+use crate::http::HttpError;
+use crate::k8s::KubeContext;
+use crate::names::{is_dns_label, is_dns_subdomain};
 use crate::redact::scrub;
-use crate::sink::KubeContext;
 use crate::token::Token;
 
 /// The API server's floor for `expirationSeconds`.
@@ -26,7 +29,7 @@ pub struct KubernetesTokenConfig {
     /// Defaults to the agent's own namespace (in-cluster) or the kubeconfig's.
     pub namespace: Option<String>,
     /// Intended audiences (`aud`); empty means the API server's own.
-    #[serde(default, deserialize_with = "crate::config::scalar::strings")]
+    #[serde(default, deserialize_with = "crate::de::strings")]
     pub audiences: Vec<String>,
     /// Requested lifetime (at least 10m; the server may shorten it).
     #[serde(default = "default_expiration", with = "humantime_serde")]
@@ -37,16 +40,10 @@ fn default_expiration() -> Duration {
     Duration::from_secs(3600)
 }
 
-impl KubernetesTokenConfig {
-    pub fn check(&self) -> Vec<(String, String)> {
+impl SourceKind for KubernetesTokenConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 253
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        };
-        if !name_ok(&self.service_account) {
+        if !is_dns_subdomain(&self.service_account) {
             problems.push((
                 "service_account".into(),
                 format!(
@@ -58,7 +55,7 @@ impl KubernetesTokenConfig {
         if let Some(ns) = self
             .namespace
             .as_deref()
-            .filter(|ns| !name_ok(ns) || ns.contains('.'))
+            .filter(|ns| !is_dns_label(ns))
         {
             problems.push((
                 "namespace".into(),
@@ -74,11 +71,11 @@ impl KubernetesTokenConfig {
         problems
     }
 
-    pub fn build(&self, kube: &KubeContext) -> KubernetesTokenSource {
-        KubernetesTokenSource {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        Ok(Box::new(KubernetesTokenSource {
             config: self.clone(),
-            kube: kube.clone(),
-        }
+            kube: ctx.kube.clone(),
+        }))
     }
 }
 
@@ -87,10 +84,10 @@ pub struct KubernetesTokenSource {
     kube: KubeContext,
 }
 
-impl KubernetesTokenSource {
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+impl SingleTokenSource for KubernetesTokenSource {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         let c = &self.config;
-        let client = self.kube.client().await.map_err(|e| FetchError::Connect {
+        let client = self.kube.client().await.map_err(|e| HttpError::Connect {
             url: "the Kubernetes API".into(),
             detail: e.to_string(),
         })?;
@@ -121,16 +118,16 @@ impl KubernetesTokenSource {
                     } else {
                         ""
                     };
-                    FetchError::Status {
+                    HttpError::Status {
                         url: shown.clone(),
                         status: status.code,
                         remote: Some(format!("{}{hint}", scrub(&status.message, &[]))),
                         retry_after: None,
                     }
                 }
-                other => FetchError::Connect {
+                other => HttpError::Connect {
                     url: shown.clone(),
-                    detail: crate::source::client::cause_chain(&other),
+                    detail: cause_chain(&other),
                 },
             })?;
         let invalid = |detail: String| FetchError::invalid(&shown, detail);

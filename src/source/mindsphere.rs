@@ -10,20 +10,20 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::client::{self, HttpClients};
-use super::error::FetchError;
 use super::response::{self, check_token_text};
-use super::{BuildError, Fetch, FetchContext, InstanceOutcome, jwt};
-use crate::config::HttpSettings;
+use super::{
+    BoxFuture, BuildContext, BuildError, Fetch, FetchContext, FetchError, InstanceOutcome, Now,
+    Problems, Source, SourceKind, jwt,
+};
+use crate::credential::CredentialRef;
+use crate::http::{self, HttpError};
+use crate::names::InstanceId;
 use crate::redact::url_for_display;
-use crate::secret::SecretRef;
-use crate::sink::file::check_instance_name;
 use crate::token::Token;
 
 /// The documented limit of `/oauthTokens`.
@@ -39,15 +39,15 @@ pub struct MindSphereConfig {
     /// Token Management Service base URL.
     #[serde(default = "default_base_url")]
     pub base_url: String,
-    pub client_id: SecretRef,
-    pub client_secret: SecretRef,
+    pub client_id: CredentialRef,
+    pub client_secret: CredentialRef,
     pub app_name: String,
     pub app_version: String,
     pub host_tenant: String,
     /// One user tenant (single token).
     pub user_tenant: Option<String>,
     /// A fixed list of user tenants (one token each).
-    #[serde(default, deserialize_with = "crate::config::scalar::strings")]
+    #[serde(default, deserialize_with = "crate::de::strings")]
     pub user_tenants: Vec<String>,
     /// Every tenant that authorized the app (one token each), discovered on every refresh.
     #[serde(default)]
@@ -98,11 +98,27 @@ impl MindSphereConfig {
         }
     }
 
-    pub fn is_multi_instance(&self) -> bool {
+}
+
+impl SourceKind for MindSphereConfig {
+    fn is_multi_instance(&self) -> bool {
         self.all_tenants || !self.user_tenants.is_empty()
     }
 
-    pub fn check(&self) -> Vec<(String, String)> {
+    /// Discovery and batches: many requests in one fetch.
+    fn fetch_bound(&self, http_timeout: Duration) -> Duration {
+        if self.is_multi_instance() {
+            http_timeout * 64
+        } else {
+            http_timeout
+        }
+    }
+
+    fn removes_gone_instances(&self) -> bool {
+        self.on_removed == OnRemoved::Delete
+    }
+
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
         let modes = [
             self.user_tenant.is_some(),
@@ -115,12 +131,11 @@ impl MindSphereConfig {
                 "give exactly one of `user_tenant`, `user_tenants` or `all_tenants: true`".into(),
             ));
         }
-        match url::Url::parse(&self.base_url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            _ => problems.push((
+        if http::http_url(&self.base_url).is_err() {
+            problems.push((
                 "base_url".into(),
                 format!("`{}` is not an http(s) URL", self.base_url),
-            )),
+            ));
         }
         for (field, value) in [
             ("app_name", &self.app_name),
@@ -144,7 +159,7 @@ impl MindSphereConfig {
         }
         let mut seen = BTreeSet::new();
         for (i, tenant) in self.user_tenants.iter().enumerate() {
-            if let Err(message) = check_instance_name(tenant) {
+            if let Err(message) = InstanceId::tenant(tenant) {
                 problems.push((format!("user_tenants[{i}]"), message));
             }
             if !seen.insert(tenant) {
@@ -157,37 +172,33 @@ impl MindSphereConfig {
         problems
     }
 
-    pub fn inline_secrets(&self) -> Vec<&'static str> {
+    fn inline_secrets(&self) -> Vec<String> {
         if self.client_secret.is_inline() {
-            vec!["client_secret"]
+            vec!["client_secret".into()]
         } else {
             vec![]
         }
     }
 
-    pub fn build(
-        &self,
-        http: &HttpSettings,
-        clients: &HttpClients,
-    ) -> Result<MindSphereSource, BuildError> {
-        let base = url::Url::parse(&self.base_url)
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let base = http::http_url(&self.base_url)
             .map_err(|e| BuildError::Invalid(format!("base_url: {e}")))?;
-        Ok(MindSphereSource {
-            client: clients.get(http)?,
+        Ok(Box::new(MindSphereSource {
+            client: ctx.clients.get(ctx.http)?,
             base: self.base_url.trim_end_matches('/').to_owned(),
-            display_base: url_for_display(&base).trim_end_matches('/').to_owned(),
-            timeout: http.timeout,
+            display_url: url_for_display(&base).trim_end_matches('/').to_owned(),
+            timeout: ctx.http.timeout,
             mode: self.mode(),
             config: self.clone(),
             operator_token: Mutex::new(None),
-        })
+        }))
     }
 }
 
 pub struct MindSphereSource {
     client: reqwest::Client,
     base: String,
-    display_base: String,
+    display_url: String,
     timeout: Duration,
     mode: Mode,
     config: MindSphereConfig,
@@ -197,36 +208,36 @@ pub struct MindSphereSource {
 
 /// The credentials of one fetch, read once.
 struct Credentials {
-    auth_key: SecretString,
+    /// `X-SPACE-AUTH-KEY`: `Basic base64(client_id:client_secret)`, no form-encoding.
+    auth_key: HeaderValue,
     secrets: Vec<SecretString>,
 }
 
-impl MindSphereSource {
-    pub async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Fetch, FetchError> {
-        let credentials = self.credentials()?;
-        match &self.mode {
-            Mode::Single(tenant) => self
-                .token(&credentials, tenant, ctx.now)
-                .await
-                .map(Fetch::single),
-            Mode::List(tenants) => Ok(self.batches(&credentials, tenants.clone(), ctx).await),
-            Mode::All => {
-                let tenants = self.list_tenants(&credentials, ctx.now).await?;
-                Ok(self.batches(&credentials, tenants, ctx).await)
+impl Source for MindSphereSource {
+    fn fetch<'a>(&'a self, ctx: &'a FetchContext<'a>) -> BoxFuture<'a, Result<Fetch, FetchError>> {
+        Box::pin(async move {
+            let credentials = self.credentials()?;
+            match &self.mode {
+                Mode::Single(tenant) => self
+                    .token(&credentials, tenant, ctx.now)
+                    .await
+                    .map(Fetch::single),
+                Mode::List(tenants) => Ok(self.batches(&credentials, tenants.clone(), ctx).await),
+                Mode::All => {
+                    let tenants = self.list_tenants(&credentials, ctx.now).await?;
+                    Ok(self.batches(&credentials, tenants, ctx).await)
+                }
             }
-        }
+        })
     }
+}
 
+impl MindSphereSource {
     fn credentials(&self) -> Result<Credentials, FetchError> {
         let id = self.config.client_id.load()?;
         let secret = self.config.client_secret.load()?;
-        // The seed: "Basic " + base64(client_id:client_secret), no form-encoding.
-        let auth_key = format!(
-            "Basic {}",
-            STANDARD.encode(format!("{}:{}", id.expose_secret(), secret.expose_secret()))
-        );
         Ok(Credentials {
-            auth_key: auth_key.into(),
+            auth_key: http::basic_auth(id.expose_secret(), secret.expose_secret()),
             secrets: vec![id, secret],
         })
     }
@@ -234,7 +245,7 @@ impl MindSphereSource {
     fn url(&self, path: &str) -> (String, String) {
         (
             format!("{}{path}", self.base),
-            format!("{}{path}", self.display_base),
+            format!("{}{path}", self.display_url),
         )
     }
 
@@ -244,38 +255,32 @@ impl MindSphereSource {
         path: &str,
         body: Value,
     ) -> Result<(Value, String), FetchError> {
-        let (url, shown) = self.url(path);
-        let mut key = reqwest::header::HeaderValue::from_str(credentials.auth_key.expose_secret())
-            .map_err(|_| FetchError::Request {
-                url: shown.clone(),
-                detail: "client id or secret is not valid in a header".into(),
-            })?;
-        key.set_sensitive(true);
+        let (url, display_url) = self.url(path);
         let request = self
             .client
             .post(url)
-            .header("X-SPACE-AUTH-KEY", key)
+            .header("X-SPACE-AUTH-KEY", credentials.auth_key.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&body);
-        let reply = client::send(request, &shown, self.timeout).await?;
-        Ok((self.json(credentials, reply, &shown)?, shown))
+        let reply = http::send(request, &display_url, self.timeout).await?;
+        Ok((self.json(credentials, reply, &display_url)?, display_url))
     }
 
     /// The body of a 2xx answer as JSON; any other answer as an error with the service's message.
     fn json(
         &self,
         credentials: &Credentials,
-        reply: client::Reply,
-        shown: &str,
+        reply: http::Reply,
+        display_url: &str,
     ) -> Result<Value, FetchError> {
         let secrets: Vec<&str> = credentials
             .secrets
             .iter()
             .map(|s| s.expose_secret())
             .collect();
-        let reply = reply.success(shown, &secrets)?;
+        let reply = reply.success(display_url, &secrets)?;
         serde_json::from_slice(&reply.body).map_err(|e| FetchError::InvalidResponse {
-            url: shown.to_owned(),
+            url: display_url.to_owned(),
             detail: format!("body is not JSON ({e})"),
         })
     }
@@ -285,19 +290,19 @@ impl MindSphereSource {
         &self,
         credentials: &Credentials,
         user_tenant: &str,
-        now: &(dyn Fn() -> SystemTime + Send + Sync),
+        now: &Now,
     ) -> Result<Token, FetchError> {
         let c = &self.config;
         let body = json!({ "appName": c.app_name, "appVersion": c.app_version, "hostTenant": c.host_tenant, "userTenant": user_tenant });
-        let (answer, shown) = self.post(credentials, "/oauth/token", body).await?;
-        token_from(&answer, now(), &shown)
+        let (answer, display_url) = self.post(credentials, "/oauth/token", body).await?;
+        token_from(&answer, now(), &display_url)
     }
 
     /// The operator token (user tenant = host tenant), reused while more than a minute is left.
     async fn operator_token(
         &self,
         credentials: &Credentials,
-        now: &(dyn Fn() -> SystemTime + Send + Sync),
+        now: &Now,
     ) -> Result<Token, FetchError> {
         let cached = self
             .operator_token
@@ -321,21 +326,21 @@ impl MindSphereSource {
     async fn list_tenants(
         &self,
         credentials: &Credentials,
-        now: &(dyn Fn() -> SystemTime + Send + Sync),
+        now: &Now,
     ) -> Result<Vec<String>, FetchError> {
         let operator = self.operator_token(credentials, now).await?;
         let mut tenants = Vec::new();
         let mut seen = BTreeSet::new();
         for page in 0..MAX_PAGES {
             let path = format!("/userTenants?page={page}&size={}", self.config.page_size);
-            let (url, shown) = self.url(&path);
-            let shown = shown.split('?').next().unwrap_or_default().to_owned();
+            let (url, display_url) = self.url(&path);
+            let display_url = display_url.split('?').next().unwrap_or_default().to_owned();
             let request = self
                 .client
                 .get(url)
                 .bearer_auth(operator.secret())
                 .header(reqwest::header::ACCEPT, "application/json");
-            let reply = client::send(request, &shown, self.timeout).await?;
+            let reply = http::send(request, &display_url, self.timeout).await?;
             if reply.status == 401 {
                 // The operator token was revoked or has expired early: fetch a new one next time.
                 *self
@@ -343,8 +348,8 @@ impl MindSphereSource {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
             }
-            let answer = self.json(credentials, reply, &shown)?;
-            let listed = tenant_page(&answer, page, &shown)?;
+            let answer = self.json(credentials, reply, &display_url)?;
+            let listed = tenant_page(&answer, page, &display_url)?;
             for id in listed.ids {
                 if seen.insert(id.clone()) {
                     tenants.push(id);
@@ -355,7 +360,7 @@ impl MindSphereSource {
             }
         }
         Err(FetchError::InvalidResponse {
-            url: self.display_base.clone(),
+            url: self.display_url.clone(),
             detail: format!("more than {MAX_PAGES} pages of tenants"),
         })
     }
@@ -369,50 +374,46 @@ impl MindSphereSource {
         ctx: &FetchContext<'_>,
     ) -> Fetch {
         let c = &self.config;
-        let mut instances: Vec<(String, InstanceOutcome)> = Vec::with_capacity(tenants.len());
+        let mut fetch = Fetch::default();
+        let instances = &mut fetch.instances;
+        instances.reserve(tenants.len());
         let mut due = Vec::new();
         for tenant in tenants {
-            if let Err(message) = check_instance_name(&tenant) {
-                let url = self.display_base.clone();
-                instances.push((
-                    tenant,
-                    InstanceOutcome::Failed(FetchError::InvalidResponse {
-                        url,
-                        detail: format!("tenant id {message}"),
-                    }),
-                ));
-            } else if ctx.fresh.contains(&tenant) {
-                instances.push((tenant, InstanceOutcome::Kept));
-            } else {
-                due.push(tenant);
+            match InstanceId::tenant(&tenant) {
+                Err(message) => {
+                    let e = FetchError::invalid(&self.display_url, format!("tenant id {message}"));
+                    fetch.refused.push((tenant, e));
+                }
+                Ok(id) if ctx.not_due.contains(&id) => instances.push((id, InstanceOutcome::Kept)),
+                Ok(id) => due.push(id),
             }
         }
         let mut throttled: Option<(String, Option<Duration>)> = None;
         for chunk in due.chunks(c.batch_size.clamp(1, MAX_BATCH)) {
             if let Some((url, retry_after)) = &throttled {
                 for tenant in chunk {
-                    let e = FetchError::Status {
+                    let e = HttpError::Status {
                         url: url.clone(),
                         status: 429,
                         remote: Some("not attempted after an earlier 429".into()),
                         retry_after: *retry_after,
                     };
-                    instances.push((tenant.clone(), InstanceOutcome::Failed(e)));
+                    instances.push((tenant.clone(), InstanceOutcome::Failed(e.into())));
                 }
                 continue;
             }
             let body = json!({ "appName": c.app_name, "appVersion": c.app_version, "hostTenantId": c.host_tenant, "userTenantIds": chunk });
             match self.post(credentials, "/oauthTokens", body).await {
-                Ok((answer, shown)) => {
-                    instances.extend(batch_outcomes(&answer, chunk, (ctx.now)(), &shown))
+                Ok((answer, display_url)) => {
+                    instances.extend(batch_outcomes(&answer, chunk, (ctx.now)(), &display_url))
                 }
                 Err(e) => {
-                    if let FetchError::Status {
+                    if let FetchError::Http(HttpError::Status {
                         status: 429,
                         url,
                         retry_after,
                         ..
-                    } = &e
+                    }) = &e
                     {
                         throttled = Some((url.clone(), *retry_after));
                     }
@@ -420,42 +421,43 @@ impl MindSphereSource {
                     for tenant in chunk {
                         let e = first
                             .take()
-                            .unwrap_or_else(|| self.same_failure(&instances));
+                            .unwrap_or_else(|| self.same_failure(instances));
                         instances.push((tenant.clone(), InstanceOutcome::Failed(e)));
                     }
                 }
             }
         }
-        Fetch { instances }
+        fetch
     }
 
     /// A copy of the last recorded failure (errors are not `Clone`: they may hold I/O errors).
-    fn same_failure(&self, instances: &[(String, InstanceOutcome)]) -> FetchError {
+    fn same_failure(&self, instances: &[(InstanceId, InstanceOutcome)]) -> FetchError {
         let described = instances.iter().rev().find_map(|(_, o)| match o {
             InstanceOutcome::Failed(e) => Some(e),
             _ => None,
         });
-        match described {
-            Some(FetchError::Status {
+        let copy = match described {
+            Some(FetchError::Http(HttpError::Status {
                 url,
                 status,
                 remote,
                 retry_after,
-            }) => FetchError::Status {
+            })) => HttpError::Status {
                 url: url.clone(),
                 status: *status,
                 remote: remote.clone(),
                 retry_after: *retry_after,
             },
-            Some(other) => FetchError::Request {
-                url: self.display_base.clone(),
+            Some(other) => HttpError::Request {
+                url: self.display_url.clone(),
                 detail: format!("batch failed: {other}"),
             },
-            None => FetchError::Request {
-                url: self.display_base.clone(),
+            None => HttpError::Request {
+                url: self.display_url.clone(),
                 detail: "batch failed".into(),
             },
-        }
+        };
+        copy.into()
     }
 }
 
@@ -468,8 +470,8 @@ pub struct TenantPage {
 }
 
 /// Reads page `page` of a `GET /userTenants` answer.
-pub fn tenant_page(answer: &Value, page: usize, shown: &str) -> Result<TenantPage, FetchError> {
-    let invalid = |detail: &str| FetchError::invalid(shown, detail);
+pub fn tenant_page(answer: &Value, page: usize, display_url: &str) -> Result<TenantPage, FetchError> {
+    let invalid = |detail: &str| FetchError::invalid(display_url, detail);
     let entries = answer
         .get("userTenants")
         .and_then(Value::as_array)
@@ -499,10 +501,10 @@ pub fn tenant_page(answer: &Value, page: usize, shown: &str) -> Result<TenantPag
 /// One outcome per requested tenant from an `/oauthTokens` answer.
 pub fn batch_outcomes(
     answer: &Value,
-    requested: &[String],
+    requested: &[InstanceId],
     now: SystemTime,
-    shown: &str,
-) -> Vec<(String, InstanceOutcome)> {
+    display_url: &str,
+) -> Vec<(InstanceId, InstanceOutcome)> {
     let entries = answer.get("oauthTokens").and_then(Value::as_array);
     requested
         .iter()
@@ -510,16 +512,18 @@ pub fn batch_outcomes(
             let token = entries
                 .and_then(|list| {
                     list.iter()
-                        .find(|e| e.get("userTenantId").and_then(Value::as_str) == Some(tenant))
+                        .find(|e| {
+                            e.get("userTenantId").and_then(Value::as_str) == Some(tenant.as_str())
+                        })
                 })
                 .and_then(|e| e.get("token"));
             let outcome = match token {
-                Some(t) => match token_from(t, now, shown) {
+                Some(t) => match token_from(t, now, display_url) {
                     Ok(token) => InstanceOutcome::Fetched(token),
                     Err(e) => InstanceOutcome::Failed(e),
                 },
                 None => InstanceOutcome::Failed(FetchError::InvalidResponse {
-                    url: shown.to_owned(),
+                    url: display_url.to_owned(),
                     detail: format!("no token for tenant `{tenant}` in the answer"),
                 }),
             };
@@ -530,8 +534,8 @@ pub fn batch_outcomes(
 
 /// A Token Management Service token object: expiry is `timestamp` (epoch milliseconds, often a
 /// string) plus `expires_in`; without `timestamp`, now plus `expires_in`; else the JWT `exp`.
-pub fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, FetchError> {
-    let invalid = |detail: String| FetchError::invalid(shown, detail);
+pub fn token_from(value: &Value, now: SystemTime, display_url: &str) -> Result<Token, FetchError> {
+    let invalid = |detail: String| FetchError::invalid(display_url, detail);
     let access = value
         .get("access_token")
         .and_then(Value::as_str)
@@ -554,7 +558,7 @@ pub fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, 
         _ => jwt::expiry(access),
     }
     .ok_or_else(|| invalid("no `expires_in` and the token is not a JWT with `exp`".into()))?;
-    response::refuse_expired(expires_at, now, shown)?;
+    response::refuse_expired(expires_at, now, display_url)?;
     let token_type = value
         .get("token_type")
         .and_then(Value::as_str)
@@ -570,6 +574,7 @@ pub fn token_from(value: &Value, now: SystemTime, shown: &str) -> Result<Token, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Reason;
 
     #[test]
     fn expiry_is_timestamp_plus_expires_in() {
@@ -608,7 +613,8 @@ mod tests {
             {"userTenantId": "b", "token": {"access_token": "tb", "expires_in": 1799}},
             {"userTenantId": "a", "token": {"access_token": "ta", "expires_in": 1799}},
         ]});
-        let out = batch_outcomes(&answer, &["a".into(), "b".into(), "c".into()], now, "u");
+        let requested = ["a", "b", "c"].map(|t| InstanceId::tenant(t).unwrap());
+        let out = batch_outcomes(&answer, &requested, now, "u");
         assert!(
             matches!(&out[0], (k, InstanceOutcome::Fetched(t)) if k == "a" && t.secret() == "ta")
         );

@@ -2,20 +2,16 @@
 //! that are variants of it (Apinizer, AppViewX), selected by configuration.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::BuildError;
-use super::client::{self, HttpClients};
-use super::error::FetchError;
 use super::response::{self, ResponseMapping};
-use crate::config::HttpSettings;
+use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::credential::CredentialRef;
+use crate::http;
 use crate::redact::url_for_display;
-use crate::secret::SecretRef;
 use crate::token::Token;
 
 /// Form/JSON parameters the agent sets itself; `params` may not override them.
@@ -34,9 +30,9 @@ pub struct OAuth2Config {
     /// Token endpoint (http or https).
     pub token_url: String,
     /// Client id: a literal string, `{ file: … }` or `{ env: … }`.
-    pub client_id: Option<SecretRef>,
+    pub client_id: Option<CredentialRef>,
     /// Client secret: `{ file: … }` or `{ env: … }` (literal only with `allow_inline_secrets`).
-    pub client_secret: Option<SecretRef>,
+    pub client_secret: Option<CredentialRef>,
     /// How the client authenticates.
     #[serde(default)]
     pub auth: ClientAuth,
@@ -91,17 +87,11 @@ pub enum BodyEncoding {
     Json,
 }
 
-impl OAuth2Config {
-    /// Problems as `(field, message)`, relative to the source.
-    pub fn check(&self) -> Vec<(String, String)> {
+impl SourceKind for OAuth2Config {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
-        match url::Url::parse(&self.token_url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => problems.push((
-                "token_url".into(),
-                format!("scheme `{}` is not http or https", u.scheme()),
-            )),
-            Err(e) => problems.push(("token_url".into(), format!("not a URL: {e}"))),
+        if let Err(e) = http::http_url(&self.token_url) {
+            problems.push(("token_url".into(), e.to_string()));
         }
         if self.auth != ClientAuth::None {
             if self.client_id.is_none() {
@@ -149,28 +139,23 @@ impl OAuth2Config {
         problems
     }
 
-    /// Credentials written inline, as field names.
-    pub fn inline_secrets(&self) -> Vec<&'static str> {
+    fn inline_secrets(&self) -> Vec<String> {
         match &self.client_secret {
-            Some(s) if s.is_inline() => vec!["client_secret"],
+            Some(s) if s.is_inline() => vec!["client_secret".into()],
             _ => vec![],
         }
     }
 
-    pub fn build(
-        &self,
-        http: &HttpSettings,
-        clients: &HttpClients,
-    ) -> Result<OAuth2Source, BuildError> {
-        let url = url::Url::parse(&self.token_url)
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
+        let url = http::http_url(&self.token_url)
             .map_err(|e| BuildError::Invalid(format!("token_url: {e}")))?;
-        Ok(OAuth2Source {
-            client: clients.get(http)?,
+        Ok(Box::new(OAuth2Source {
+            client: ctx.clients.get(ctx.http)?,
             display_url: url_for_display(&url),
             url,
-            timeout: http.timeout,
+            timeout: ctx.http.timeout,
             config: self.clone(),
-        })
+        }))
     }
 }
 
@@ -194,12 +179,12 @@ pub struct OAuth2Source {
     config: OAuth2Config,
 }
 
-impl OAuth2Source {
+impl SingleTokenSource for OAuth2Source {
     /// Requests one token. No retries here: the scheduler owns timing.
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         let c = &self.config;
-        let client_id = c.client_id.as_ref().map(SecretRef::load).transpose()?;
-        let client_secret = c.client_secret.as_ref().map(SecretRef::load).transpose()?;
+        let client_id = c.client_id.as_ref().map(CredentialRef::load).transpose()?;
+        let client_secret = c.client_secret.as_ref().map(CredentialRef::load).transpose()?;
 
         let mut params: Vec<(&str, &str)> = vec![("grant_type", c.grant_type.as_str())];
         for (key, value) in [
@@ -236,7 +221,7 @@ impl OAuth2Source {
             request = request.header(name.as_str(), value.as_str());
         }
 
-        let reply = client::send(request, &self.display_url, self.timeout).await?;
+        let reply = http::send(request, &self.display_url, self.timeout).await?;
         let secrets: Vec<&str> = [&client_id, &client_secret]
             .into_iter()
             .flatten()
@@ -253,19 +238,12 @@ fn basic_header(
     id: &SecretString,
     secret: &SecretString,
 ) -> Option<reqwest::header::HeaderValue> {
-    let pair = match auth {
-        ClientAuth::Basic => format!(
-            "{}:{}",
-            form_encode(id.expose_secret()),
-            form_encode(secret.expose_secret())
-        ),
-        ClientAuth::BasicRaw => format!("{}:{}", id.expose_secret(), secret.expose_secret()),
-        ClientAuth::Post | ClientAuth::None => return None,
-    };
-    let mut value =
-        reqwest::header::HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(pair))).ok()?;
-    value.set_sensitive(true);
-    Some(value)
+    let (id, secret) = (id.expose_secret(), secret.expose_secret());
+    match auth {
+        ClientAuth::Basic => Some(http::basic_auth(&form_encode(id), &form_encode(secret))),
+        ClientAuth::BasicRaw => Some(http::basic_auth(id, secret)),
+        ClientAuth::Post | ClientAuth::None => None,
+    }
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 §2.3.1).
@@ -276,6 +254,8 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn basic_header_encodes_per_rfc_6749_unless_raw() {

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 /// A reference to a credential, resolved each time it is needed so that a rotated file is
 /// picked up on the next fetch without a restart.
 #[derive(Clone, PartialEq, Eq)]
-pub enum SecretRef {
+pub enum CredentialRef {
     /// Read from this file; one trailing newline is removed.
     File(PathBuf),
     /// Read from this environment variable.
@@ -22,7 +22,7 @@ pub enum SecretRef {
 
 /// Why a credential could not be read. Never carries the credential itself.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub enum CredentialError {
     #[error("cannot read credential file {path}: {source}")]
     File {
         path: PathBuf,
@@ -36,35 +36,36 @@ pub enum SecretError {
     EmptyEnv { name: String },
 }
 
-impl SecretRef {
+impl CredentialRef {
     /// Reads the current value.
-    pub fn load(&self) -> Result<SecretString, SecretError> {
+    pub fn load(&self) -> Result<SecretString, CredentialError> {
         match self {
-            SecretRef::File(path) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+            CredentialRef::File(path) => {
+                let raw =
+                    std::fs::read_to_string(path).map_err(|source| CredentialError::File {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let value = strip_one_newline(&raw);
                 if value.is_empty() {
-                    return Err(SecretError::EmptyFile { path: path.clone() });
+                    return Err(CredentialError::EmptyFile { path: path.clone() });
                 }
                 Ok(SecretString::from(value))
             }
-            SecretRef::Env(name) => {
+            CredentialRef::Env(name) => {
                 let value =
-                    std::env::var(name).map_err(|_| SecretError::Env { name: name.clone() })?;
+                    std::env::var(name).map_err(|_| CredentialError::Env { name: name.clone() })?;
                 if value.is_empty() {
-                    return Err(SecretError::EmptyEnv { name: name.clone() });
+                    return Err(CredentialError::EmptyEnv { name: name.clone() });
                 }
                 Ok(SecretString::from(value))
             }
-            SecretRef::Inline(value) => Ok(SecretString::from(value.as_str())),
+            CredentialRef::Inline(value) => Ok(SecretString::from(value.as_str())),
         }
     }
 
     pub fn is_inline(&self) -> bool {
-        matches!(self, SecretRef::Inline(_))
+        matches!(self, CredentialRef::Inline(_))
     }
 }
 
@@ -74,23 +75,23 @@ fn strip_one_newline(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-impl fmt::Debug for SecretRef {
+impl fmt::Debug for CredentialRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SecretRef::File(p) => f.debug_tuple("File").field(p).finish(),
-            SecretRef::Env(n) => f.debug_tuple("Env").field(n).finish(),
-            SecretRef::Inline(_) => f.write_str("Inline(<redacted>)"),
+            CredentialRef::File(p) => f.debug_tuple("File").field(p).finish(),
+            CredentialRef::Env(n) => f.debug_tuple("Env").field(n).finish(),
+            CredentialRef::Inline(_) => f.write_str("Inline(<redacted>)"),
         }
     }
 }
 
 /// Accepts `"literal"`, `{ file: PATH }`, `{ env: NAME }` or `{ value: "literal" }`.
-impl<'de> Deserialize<'de> for SecretRef {
+impl<'de> Deserialize<'de> for CredentialRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct RefVisitor;
 
         impl<'de> Visitor<'de> for RefVisitor {
-            type Value = SecretRef;
+            type Value = CredentialRef;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
@@ -98,18 +99,18 @@ impl<'de> Deserialize<'de> for SecretRef {
                 )
             }
 
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
-                Ok(SecretRef::Inline(v.to_owned()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Inline(v.to_owned()))
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
-                let mut found: Option<SecretRef> = None;
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CredentialRef, A::Error> {
+                let mut found: Option<CredentialRef> = None;
                 while let Some(key) = map.next_key::<String>()? {
                     let value: String = map.next_value()?;
                     let parsed = match key.as_str() {
-                        "file" => SecretRef::File(PathBuf::from(value)),
-                        "env" => SecretRef::Env(value),
-                        "value" => SecretRef::Inline(value),
+                        "file" => CredentialRef::File(PathBuf::from(value)),
+                        "env" => CredentialRef::Env(value),
+                        "value" => CredentialRef::Inline(value),
                         other => {
                             return Err(de::Error::unknown_field(other, &["file", "env", "value"]));
                         }
@@ -140,18 +141,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         std::fs::write(&path, "abc \n\n").unwrap();
-        let got = SecretRef::File(path.clone()).load().unwrap();
+        let got = CredentialRef::File(path.clone()).load().unwrap();
         assert_eq!(got.expose_secret(), "abc \n");
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            SecretRef::File(path).load(),
-            Err(SecretError::EmptyFile { .. })
+            CredentialRef::File(path).load(),
+            Err(CredentialError::EmptyFile { .. })
         ));
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = SecretRef::File("/nonexistent/cred".into())
+        let err = CredentialRef::File("/nonexistent/cred".into())
             .load()
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/cred"), "{err}");
@@ -160,7 +161,7 @@ mod tests {
     #[test]
     fn debug_hides_inline_values() {
         assert_eq!(
-            format!("{:?}", SecretRef::Inline("hunter2".into())),
+            format!("{:?}", CredentialRef::Inline("hunter2".into())),
             "Inline(<redacted>)"
         );
     }

@@ -1,3 +1,6 @@
+//! Deserialization helpers shared by the configuration and the kinds' own settings (a leaf: it
+//! imports nothing of the crate).
+//!
 //! Lists of strings that tolerate unquoted YAML scalars (`command: [true]`, `[sleep, 5]`):
 //! inside a source, serde buffers values before typing them, so `true` or `5` would otherwise
 //! be refused as "not a string".

@@ -1,12 +1,12 @@
-//! Compiled only for tests: `#[cfg(test)] pub mod scripted;` in source/mod.rs.
-//! A source that replays a script, for scheduler tests under paused time (compiled in tests
-//! only: real HTTP and a paused clock do not mix).
+//! A source that replays a script, for scheduler tests under paused time (real HTTP and a
+//! paused clock do not mix). The agent runs it as it runs any `Box<dyn Source>`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::error::FetchError;
+use crate::http::HttpError;
+use crate::source::{FetchError, Now, SingleTokenSource};
 use crate::token::Token;
 
 /// One scripted answer: after `delay`, a token living `Ok(lifetime)` or an error.
@@ -33,8 +33,10 @@ impl Scripted {
     pub fn calls(&self) -> Vec<SystemTime> {
         self.calls.lock().unwrap().clone()
     }
+}
 
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+impl SingleTokenSource for Scripted {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         self.calls.lock().unwrap().push(now());
         let step = self.steps.lock().unwrap().pop_front();
         let (delay, outcome) = step.unwrap_or((Duration::ZERO, Err("script exhausted")));
@@ -53,12 +55,13 @@ impl Scripted {
                     ),
                 })
             }
-            Err(detail) => Err(FetchError::Status {
+            Err(detail) => Err(HttpError::Status {
                 url: "scripted".into(),
                 status: 503,
                 remote: Some(detail.into()),
                 retry_after: None,
-            }),
+            }
+            .into()),
         }
     }
 }

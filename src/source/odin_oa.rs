@@ -1,26 +1,22 @@
 //! `kind: odin_oa` — an APS token from Odin / Parallels Operations Automation through the
-//! OpenAPI call `pem.APS.getAccountToken` (XML-RPC; seed 000).
+//! OpenAPI call `pem.APS.getAccountToken` (XML-RPC, as its OpenAPI reference describes).
 //!
 //! The answer is always a plain struct: `status` 0 with `result.aps_token` and
 //! `result.controller_uri`, or a non-zero `status` with `error_message`, `module_id` and
 //! `extype_id`. The token is opaque and lives 15–20 minutes, so `ttl` (default 15 m) drives
 //! refresh.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::BuildError;
-use super::client::{self, HttpClients};
-use super::error::FetchError;
 use super::response::check_token_text;
 use super::xmlrpc::{self, Value};
-use crate::config::HttpSettings;
+use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::credential::CredentialRef;
+use crate::http;
 use crate::redact::{scrub, url_for_display};
-use crate::secret::SecretRef;
 use crate::token::Token;
 
 const METHOD: &str = "pem.APS.getAccountToken";
@@ -29,13 +25,13 @@ const DEFAULT_PORT: u16 = 8440;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OdinConfig {
+pub struct OdinOaConfig {
     /// The management node's OpenAPI endpoint, e.g. `https://mn.example.com:8440/RPC2`.
     /// Without a port, 8440; without a path, `/RPC2`.
     pub url: String,
     /// HTTP Basic user, if the OpenAPI requires authentication.
-    pub username: Option<SecretRef>,
-    pub password: Option<SecretRef>,
+    pub username: Option<CredentialRef>,
+    pub password: Option<CredentialRef>,
     /// Account whose token is wanted (1 = the provider).
     pub account_id: i64,
     /// Subscription context (omitted when not set; 0 means none).
@@ -49,13 +45,10 @@ fn default_ttl() -> Duration {
     Duration::from_secs(15 * 60)
 }
 
-impl OdinConfig {
+impl OdinOaConfig {
     /// The endpoint with the documented defaults filled in.
     fn endpoint(&self) -> Result<url::Url, String> {
-        let mut url = url::Url::parse(&self.url).map_err(|e| format!("not a URL: {e}"))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!("scheme `{}` is not http or https", url.scheme()));
-        }
+        let mut url = http::http_url(&self.url).map_err(|e| e.to_string())?;
         if url.port().is_none()
             && !self
                 .url
@@ -68,8 +61,10 @@ impl OdinConfig {
         }
         Ok(url)
     }
+}
 
-    pub fn check(&self) -> Vec<(String, String)> {
+impl SourceKind for OdinOaConfig {
+    fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if let Err(message) = self.endpoint() {
             problems.push(("url".into(), message));
@@ -98,41 +93,37 @@ impl OdinConfig {
         problems
     }
 
-    pub fn inline_secrets(&self) -> Vec<&'static str> {
+    fn inline_secrets(&self) -> Vec<String> {
         match &self.password {
-            Some(p) if p.is_inline() => vec!["password"],
+            Some(p) if p.is_inline() => vec!["password".into()],
             _ => vec![],
         }
     }
 
-    pub fn build(
-        &self,
-        http: &HttpSettings,
-        clients: &HttpClients,
-    ) -> Result<OdinSource, BuildError> {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
         let url = self
             .endpoint()
             .map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
-        Ok(OdinSource {
-            client: clients.get(http)?,
-            shown: url_for_display(&url),
+        Ok(Box::new(OdinOaSource {
+            client: ctx.clients.get(ctx.http)?,
+            display_url: url_for_display(&url),
             url,
-            timeout: http.timeout,
+            timeout: ctx.http.timeout,
             config: self.clone(),
-        })
+        }))
     }
 }
 
-pub struct OdinSource {
+pub struct OdinOaSource {
     client: reqwest::Client,
     url: url::Url,
-    shown: String,
+    display_url: String,
     timeout: Duration,
-    config: OdinConfig,
+    config: OdinOaConfig,
 }
 
-impl OdinSource {
-    pub async fn fetch(&self, now: impl Fn() -> SystemTime) -> Result<Token, FetchError> {
+impl SingleTokenSource for OdinOaSource {
+    async fn fetch_token(&self, now: &Now) -> Result<Token, FetchError> {
         let c = &self.config;
         let mut args = vec![("account_id".to_owned(), Value::Int(c.account_id))];
         if let Some(sub) = c.subscription_id {
@@ -147,31 +138,21 @@ impl OdinSource {
         let mut secrets = Vec::new();
         if let (Some(user), Some(password)) = (&c.username, &c.password) {
             let (user, password) = (user.load()?, password.load()?);
-            let pair = STANDARD.encode(format!(
-                "{}:{}",
-                user.expose_secret(),
-                password.expose_secret()
-            ));
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {pair}"))
-                .map_err(|_| FetchError::Request {
-                    url: self.shown.clone(),
-                    detail: "username or password is not valid in a header".into(),
-                })?;
-            value.set_sensitive(true);
-            request = request.header(reqwest::header::AUTHORIZATION, value);
+            let auth = http::basic_auth(user.expose_secret(), password.expose_secret());
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
             secrets = vec![user, password];
         }
-        let reply = client::send(request, &self.shown, self.timeout).await?;
+        let reply = http::send(request, &self.display_url, self.timeout).await?;
         let secrets: Vec<&str> = secrets.iter().map(|s| s.expose_secret()).collect();
-        let invalid = |detail: String| FetchError::invalid(&self.shown, detail);
-        let reply = reply.success(&self.shown, &secrets)?;
+        let invalid = |detail: String| FetchError::invalid(&self.display_url, detail);
+        let reply = reply.success(&self.display_url, &secrets)?;
         let text =
             String::from_utf8(reply.body).map_err(|_| invalid("body is not UTF-8".into()))?;
         let answer = match xmlrpc::parse_response(&text).map_err(invalid)? {
             Ok(v) => v,
             Err(fault) => {
                 return Err(FetchError::Rejected {
-                    url: self.shown.clone(),
+                    url: self.display_url.clone(),
                     detail: scrub(
                         &format!("fault {}: {}", fault.code, fault.message),
                         &secrets,
@@ -199,7 +180,7 @@ impl OdinSource {
                 field("extype_id").unwrap_or_default()
             );
             return Err(FetchError::Rejected {
-                url: self.shown.clone(),
+                url: self.display_url.clone(),
                 detail: scrub(&detail, &secrets),
             });
         }
@@ -226,8 +207,8 @@ impl OdinSource {
 mod tests {
     use super::*;
 
-    fn config(url: &str) -> OdinConfig {
-        OdinConfig {
+    fn config(url: &str) -> OdinOaConfig {
+        OdinOaConfig {
             url: url.into(),
             username: None,
             password: None,

@@ -1,0 +1,80 @@
+//! Handing tokens to sinks: every valid token to every sink that lacks it, the removal of
+//! what gone instances left, a backoff when a sink fails, and where the source stands after.
+
+use std::time::{Duration, SystemTime};
+
+use super::LoopContext;
+use super::report::{InstanceRemoval, Published, SinkWrite};
+use super::source_loop::SourceLoop;
+use super::state::LoopState;
+
+/// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
+const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
+
+impl SourceLoop {
+    /// Writes every valid token to every sink that lacks it, and removes the outputs of
+    /// instances that went away. A failed sink is retried later without fetching again.
+    pub(super) async fn deliver(
+        &self,
+        context: &LoopContext,
+        state: &mut LoopState,
+        now: SystemTime,
+    ) {
+        let report = self.reporter(context);
+        let mut failed = false;
+        for (key, instance) in state
+            .instances
+            .iter_mut()
+            .filter(|(_, i)| !i.token.is_expired(now))
+        {
+            for (index, (sink, label)) in self.sinks.iter().enumerate() {
+                if instance.delivered[index] {
+                    continue;
+                }
+                let started = tokio::time::Instant::now();
+                let result = {
+                    let _busy = report.busy("sink write", SINK_WRITE_LIMIT);
+                    sink.write(&instance.token, key).await
+                };
+                instance.delivered[index] = result.is_ok();
+                failed |= result.is_err();
+                report.emit(SinkWrite {
+                    index,
+                    label,
+                    instance: key,
+                    took: started.elapsed(),
+                    result: &result,
+                });
+            }
+        }
+        let mut still = Vec::new();
+        for (key, index) in std::mem::take(&mut state.removals) {
+            let (sink, label) = &self.sinks[index];
+            let result = sink.remove(&key).await;
+            report.emit(InstanceRemoval {
+                label,
+                instance: &key,
+                result: &result,
+            });
+            if result.is_err() {
+                failed = true;
+                still.push((key, index));
+            }
+        }
+        state.removals = still;
+        if failed {
+            state.next_sink_retry = now + state.sink_backoff.next_delay(fastrand::f64());
+        } else {
+            state.sink_backoff.reset();
+        }
+    }
+
+    /// Publishes where the source stands: valid or not, until when, next fetch.
+    pub(super) fn publish(&self, context: &LoopContext, state: &LoopState, now: SystemTime) {
+        self.reporter(context).emit(Published {
+            valid: state.valid(now),
+            expires_at: state.earliest_expiry(),
+            next_refresh: state.next_fetch,
+        });
+    }
+}

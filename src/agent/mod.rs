@@ -1,0 +1,265 @@
+//! The agent: one independent loop per source that owns all timing — when to fetch, how long
+//! to back off, when to retry a sink — and reports what happened.
+//!
+//! This file wires sources and sinks from the configuration and runs them (`run`, `once`,
+//! `revoke`). The rest, one concept a file: [`source_loop`] (the loop of one source), `fetch`
+//! (asking the source, applying its answer), `deliver` (handing tokens to sinks), `state`
+//! (what a loop knows between wake-ups), `instances` (its tokens by tenant), `election`
+//! (leader election and the standby gate), `report` (typed events: log, metric and status in
+//! one call). The agent never names a kind: it talks to [`Source`] and [`Sink`] only.
+
+mod deliver;
+mod election;
+mod fetch;
+mod instances;
+mod report;
+mod source_loop;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::error;
+
+use self::source_loop::SourceLoop;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::cause_chain;
+use crate::http::HttpClients;
+use crate::k8s::KubeContext;
+use crate::kind::BuildError;
+use crate::leader::LeaderElectionConfig;
+use crate::observability::{HEARTBEAT_PERIOD, Observability};
+use crate::sink::{Sink, SinkConfig, SinkContext, SinkSet};
+use crate::source::{BuildContext, Source};
+
+/// Every event of the agent logs under this one target (`token_agent::agent`), whichever of
+/// its files emits it, so `RUST_LOG` filters and JSON log consumers see the agent as one.
+const LOG_TARGET: &str = module_path!();
+
+/// Grace beyond the HTTP timeout before a fetch counts as stuck.
+const FETCH_GRACE: Duration = Duration::from_secs(30);
+
+/// What every source loop shares: where to report, the global fetch cap, and leadership.
+struct LoopContext {
+    observability: Arc<Observability>,
+    fetch_permits: Semaphore,
+    /// Whether this replica may run sources whose sinks need the Lease (always, without
+    /// election).
+    leader: watch::Sender<bool>,
+}
+
+/// A source or one of its sinks could not be built (a CA file is unreadable, …); names the
+/// source.
+#[derive(Debug, thiserror::Error)]
+#[error("source `{source_name}`: {error}")]
+pub struct AgentBuildError {
+    pub source_name: String,
+    #[source]
+    pub error: BuildError,
+}
+
+pub struct Agent {
+    loops: Vec<SourceLoop>,
+    context: Arc<LoopContext>,
+    election: Option<LeaderElectionConfig>,
+    kube: KubeContext,
+    state_dir: PathBuf,
+}
+
+/// Outcome of one source in `once` mode.
+#[derive(Debug)]
+pub struct OnceOutcome {
+    pub source: String,
+    pub required: bool,
+    pub result: Result<(), String>,
+}
+
+impl Agent {
+    pub fn build(config: &Config, clock: Clock) -> Result<Agent, AgentBuildError> {
+        Self::build_with(config, clock, KubeContext::default())
+    }
+
+    /// Like [`Agent::build`], with a given Kubernetes client context (tests, embedding).
+    pub fn build_with(
+        config: &Config,
+        clock: Clock,
+        kube: KubeContext,
+    ) -> Result<Agent, AgentBuildError> {
+        let view = Arc::new(Observability::new(clock));
+        let election = &config.leader_election;
+        let clients = HttpClients::default();
+        let state_dir = config.state_dir();
+        let mut loops = Vec::with_capacity(config.sources.len());
+        for s in &config.sources {
+            let failed = |error| AgentBuildError {
+                source_name: s.name.clone(),
+                error,
+            };
+            let http = s.http.resolve(&config.defaults.http);
+            let kind = s.spec.kind();
+            let source: Box<dyn Source> = kind
+                .build(&BuildContext {
+                    http: &http,
+                    clients: &clients,
+                    kube: &kube,
+                })
+                .map_err(failed)?;
+            let ctx = SinkContext {
+                file: &config.defaults.file,
+                kube: &kube,
+                state_dir: &state_dir,
+                http: &http,
+                clients: &clients,
+            };
+            let mut sinks: Vec<(Box<dyn Sink>, String)> = Vec::with_capacity(s.sinks.len());
+            for entry in &s.sinks {
+                let sink = entry.kind().build(&s.name, &ctx).map_err(failed)?;
+                let label = sink.label();
+                sinks.push((sink, label));
+            }
+            view.status.register(&s.name, s.required);
+            let labels: Vec<String> = sinks.iter().map(|(_, label)| label.clone()).collect();
+            let metrics = view
+                .metrics
+                .register_source(&s.name, s.spec.name(), &labels);
+            loops.push(SourceLoop {
+                name: s.name.clone(),
+                metrics,
+                required: s.required,
+                source,
+                sinks,
+                refresh: s.refresh.resolve(&config.defaults.refresh),
+                retry: s.retry.resolve(&config.defaults.retry),
+                fetch_limit: kind.fetch_bound(http.timeout) + FETCH_GRACE,
+                remove_gone: kind.removes_gone_instances(),
+                needs_leader: election.enabled && s.sinks.iter().any(|k| k.kind().needs_leader()),
+            });
+        }
+        view.metrics.set_sources(loops.len());
+        view.metrics.set_leader(!election.enabled);
+        let agent = Agent {
+            loops,
+            context: Arc::new(LoopContext {
+                observability: view,
+                fetch_permits: Semaphore::new(config.max_concurrent_fetches.max(1)),
+                leader: watch::Sender::new(!election.enabled),
+            }),
+            election: election.enabled.then(|| election.clone()),
+            kube,
+            state_dir,
+        };
+        Ok(agent)
+    }
+
+    /// Metrics, status and clock: what the HTTP server shows.
+    pub fn observability(&self) -> Arc<Observability> {
+        self.context.observability.clone()
+    }
+
+    /// Every sink of the agent, for the kind-level hooks.
+    fn sinks(&self) -> Vec<&dyn Sink> {
+        let sinks = self.loops.iter().flat_map(|l| &l.sinks);
+        sinks.map(|(sink, _)| sink.as_ref()).collect()
+    }
+
+    /// Before the first write: each sink kind removes what killed writes left behind.
+    async fn sweep_leftovers(&self) {
+        let sinks = self.sinks();
+        let set = SinkSet {
+            sinks: &sinks,
+            state_dir: &self.state_dir,
+        };
+        SinkConfig::sweep_leftovers(&set).await;
+    }
+
+    /// `token-agent revoke`: deletes everything the sinks of `source` recorded as created (the
+    /// API-Portal entries) and forgets it. Returns how many entries were deleted.
+    pub async fn revoke(&self, source: &str) -> Result<usize, String> {
+        let Some(source) = self.loops.iter().find(|l| l.name == source) else {
+            return Err(format!("no source named `{source}` in the configuration"));
+        };
+        let mut deleted = 0;
+        for (sink, label) in &source.sinks {
+            deleted += sink
+                .revoke()
+                .await
+                .map_err(|e| format!("{label}: {}", cause_chain(&e)))?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes what earlier runs created for sinks that are no longer configured (each kind
+    /// decides what that is and says what it did).
+    pub async fn revoke_orphans(&self) {
+        let sinks = self.sinks();
+        let set = SinkSet {
+            sinks: &sinks,
+            state_dir: &self.state_dir,
+        };
+        SinkConfig::revoke_orphans(&set).await;
+    }
+
+    /// Runs every source until `shutdown` turns true, then lets in-flight writes finish.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.sweep_leftovers().await;
+        self.revoke_orphans().await;
+        let mut tasks = JoinSet::new();
+        let view = self.context.observability.clone();
+        let mut heartbeat_stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                view.status.beat(view.clock.now());
+                tokio::select! {
+                    _ = tokio::time::sleep(HEARTBEAT_PERIOD) => {}
+                    _ = heartbeat_stop.wait_for(|stop| *stop) => break,
+                }
+            }
+        });
+        if let Some(election) = self.election.clone() {
+            let (context, kube, stop) = (self.context.clone(), self.kube.clone(), shutdown.clone());
+            tasks.spawn(async move { election::elect(election, kube, context, stop).await });
+        }
+        for source in self.loops {
+            let context = self.context.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { source.run(&context, shutdown).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                error!(error = %e, "a source loop ended abnormally");
+            }
+        }
+    }
+
+    /// Fetches (or adopts) one token per source, writes every sink, and reports per source.
+    pub async fn once(self) -> Vec<OnceOutcome> {
+        self.sweep_leftovers().await;
+        let mut tasks = JoinSet::new();
+        for source in self.loops {
+            let context = self.context.clone();
+            tasks.spawn(async move {
+                let result = source.once(&context).await;
+                OnceOutcome {
+                    source: source.name,
+                    required: source.required,
+                    result,
+                }
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => error!(error = %e, "a source task ended abnormally"),
+            }
+        }
+        outcomes.sort_by(|a, b| a.source.cmp(&b.source));
+        outcomes
+    }
+}

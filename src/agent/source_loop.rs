@@ -1,0 +1,154 @@
+//! The loop of one source: fetch when due, deliver to every sink, back off on failure, sleep
+//! until the next thing to do. It never returns before shutdown.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::LoopContext;
+use super::report::{Adopted, ClockWentBack, Reporter, Stopped};
+use super::state::LoopState;
+use crate::config::{RefreshPolicy, RetryPolicy};
+use crate::metrics::SourceMetrics;
+use crate::schedule::refresh_delay;
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::token::Token;
+
+/// Longest sleep between two looks at the wall clock, so a clock that jumps (backwards, or
+/// forwards after a suspend) is noticed within this time.
+pub(super) const CLOCK_CHECK_PERIOD: Duration = Duration::from_secs(30);
+
+/// One source and everything its loop runs with.
+pub(super) struct SourceLoop {
+    pub name: String,
+    pub required: bool,
+    /// This source's series (see `metrics.rs`).
+    pub metrics: Arc<SourceMetrics>,
+    pub source: Box<dyn Source>,
+    /// Each sink with its label for metrics and logs.
+    pub sinks: Vec<(Box<dyn Sink>, String)>,
+    pub refresh: RefreshPolicy,
+    pub retry: RetryPolicy,
+    /// A fetch running longer than this is stuck (its bound + grace).
+    pub fetch_limit: Duration,
+    /// Delete the outputs of instances that go away upstream.
+    pub remove_gone: bool,
+    /// Some sink needs the Lease, so the loop runs only on the holder under leader election.
+    pub needs_leader: bool,
+}
+
+impl SourceLoop {
+    pub(super) fn reporter<'a>(&'a self, context: &'a LoopContext) -> Reporter<'a> {
+        Reporter {
+            source: &self.name,
+            series: &self.metrics,
+            view: &context.observability,
+        }
+    }
+
+    fn new_state(&self, adopted: Option<Token>, now: SystemTime) -> LoopState {
+        LoopState::new(self.sinks.len(), &self.refresh, self.retry, adopted, now)
+    }
+
+    pub async fn run(&self, context: &LoopContext, mut shutdown: watch::Receiver<bool>) {
+        let clock = &context.observability.clock;
+        let report = self.reporter(context);
+        let now = clock.now();
+        // The source and sink futures are boxed: they are large and alive only while working,
+        // so an idle source's task stays small (BENCHMARKS.md).
+        let adopted = Box::pin(self.adopt_existing(context, now)).await;
+        let mut state = self.new_state(adopted, now);
+        let mut leader = context.leader.subscribe();
+        loop {
+            if self.needs_leader && !*leader.borrow_and_update() {
+                if !self
+                    .wait_for_leadership(context, &mut leader, &mut shutdown)
+                    .await
+                {
+                    break;
+                }
+                state.next_fetch = clock.now();
+                continue;
+            }
+            let now = clock.now();
+            if state.instances.values().any(|i| now < i.token.issued_at) {
+                report.emit(ClockWentBack);
+                state.next_fetch = now;
+                for i in state.instances.values_mut() {
+                    i.refresh_at = now;
+                }
+            }
+            if now >= state.next_fetch {
+                let not_due = state.not_due(now, &self.refresh);
+                let (outcome, took) = tokio::select! {
+                    r = self.fetch(context, &not_due) => r,
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                };
+                self.apply(context, &mut state, outcome, took);
+            }
+            let now = clock.now();
+            if now >= state.next_sink_retry {
+                Box::pin(self.deliver(context, &mut state, now)).await;
+            }
+            self.publish(context, &state, now);
+
+            let mut wake = state.next_fetch.min(now + CLOCK_CHECK_PERIOD);
+            if state.pending_sinks(now) {
+                wake = wake.min(state.next_sink_retry);
+            }
+            if let Some(expiry) = state.earliest_expiry().filter(|e| *e > now) {
+                wake = wake.min(expiry);
+            }
+            let sleep = wake.duration_since(now).unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = leader.changed(), if self.needs_leader => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        report.emit(Stopped);
+    }
+
+    /// A token left in a sink by an earlier run that is still before its refresh point.
+    async fn adopt_existing(&self, context: &LoopContext, now: SystemTime) -> Option<Token> {
+        let mut best: Option<Token> = None;
+        for (sink, _) in &self.sinks {
+            if let Some(t) = sink.load_existing().await
+                && !refresh_delay(&self.refresh, &t, now, 0.0).is_zero()
+                && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at)
+            {
+                best = Some(t);
+            }
+        }
+        if let Some(t) = &best {
+            self.reporter(context).emit(Adopted {
+                expires_at: t.expires_at,
+            });
+        }
+        best
+    }
+
+    /// `once` mode: adopt or fetch, write every sink, no retries.
+    pub async fn once(&self, context: &LoopContext) -> Result<(), String> {
+        let clock = &context.observability.clock;
+        let now = clock.now();
+        let adopted = self.adopt_existing(context, now).await;
+        let mut state = self.new_state(adopted, now);
+        if !state.listed {
+            let (outcome, took) = self.fetch(context, &BTreeSet::new()).await;
+            if let Some(problem) = self.apply(context, &mut state, outcome, took) {
+                self.deliver(context, &mut state, clock.now()).await;
+                return Err(format!("fetch failed: {problem}"));
+            }
+        }
+        self.deliver(context, &mut state, clock.now()).await;
+        self.publish(context, &state, clock.now());
+        if state.pending_sinks(clock.now()) {
+            return Err("one or more sinks could not be written".into());
+        }
+        Ok(())
+    }
+}
