@@ -1,5 +1,5 @@
-//! HTTP clients keyed by their TLS material, so thousands of sources share a handful of
-//! connection pools instead of one each.
+//! HTTP clients keyed by the settings they are built from, so thousands of sources share a
+//! handful of connection pools instead of one each.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,28 +25,21 @@ pub enum ClientBuildError {
 }
 
 /// One rustls provider, optional extra CA and client certificate, proxies from the
-/// environment, no redirects followed.
+/// environment, no redirects followed. Keyed by every setting a client is built from (the TLS
+/// files and the connect timeout), so no source inherits another's.
 #[derive(Default)]
 pub struct HttpClients {
-    by_tls: Mutex<HashMap<TlsFiles, reqwest::Client>>,
+    by_settings: Mutex<HashMap<HttpSettings, reqwest::Client>>,
 }
-
-/// `(ca_file, client_cert, client_key)`: what makes two clients differ.
-type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
 
 impl HttpClients {
     pub fn get(&self, settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildError> {
-        let key = (
-            settings.ca_file.clone(),
-            settings.client_cert.clone(),
-            settings.client_key.clone(),
-        );
-        let mut cache = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = cache.get(&key) {
+        let mut cache = self.by_settings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = cache.get(settings) {
             return Ok(client.clone());
         }
         let client = build_client(settings)?;
-        cache.insert(key, client.clone());
+        cache.insert(settings.clone(), client.clone());
         Ok(client)
     }
 }
@@ -101,4 +94,31 @@ fn build_client(settings: &HttpSettings) -> Result<reqwest::Client, ClientBuildE
     builder
         .build()
         .map_err(|e| ClientBuildError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_source_never_inherits_another_sources_connect_timeout() {
+        let clients = HttpClients::default();
+        let short = HttpSettings {
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        };
+        let long = HttpSettings {
+            timeout: Duration::from_secs(30),
+            ..short.clone()
+        };
+        for settings in [&short, &short, &long, &long] {
+            clients.get(settings).unwrap();
+        }
+        let cache = clients.by_settings.lock().unwrap();
+        assert_eq!(cache.len(), 2, "one client per distinct settings");
+    }
 }

@@ -20,7 +20,7 @@ use crate::error::cause_chain;
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Fully resolved HTTP settings of one source (and of the HTTP sinks it feeds).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HttpSettings {
     /// Per-request timeout, connect included.
     pub timeout: Duration,
