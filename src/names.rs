@@ -71,6 +71,24 @@ pub fn is_env_name(name: &str) -> bool {
     )
 }
 
+/// Longest part of an untrusted id that logs and messages show.
+const MAX_SHOWN: usize = 64;
+
+/// An id that came from outside (a tenant id from a remote API), as logs and messages may
+/// show it: control characters as `?` (no terminal escapes, no forged log lines) and at most
+/// 64 characters.
+pub fn shown(untrusted: &str) -> String {
+    let mut out: String = untrusted
+        .chars()
+        .take(MAX_SHOWN)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if untrusted.chars().nth(MAX_SHOWN).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Which token of a source: the only one ([`InstanceId::single`]), or one tenant's.
 ///
 /// A tenant id comes from a remote API. It becomes an `InstanceId` only once
@@ -96,7 +114,7 @@ impl InstanceId {
         if valid {
             Ok(InstanceId(id.into()))
         } else {
-            Err(format!("`{id}` cannot be used in a file name"))
+            Err(format!("`{}` cannot be used in a file name", shown(id)))
         }
     }
 
@@ -155,14 +173,29 @@ mod tests {
         for good in ["tenant-a", "T_1.x", "a"] {
             assert_eq!(InstanceId::tenant(good).unwrap().as_str(), good);
         }
-        for bad in ["../x", "a/b", ".hidden", "", "a b", &"x".repeat(129)] {
+        for bad in ["../x", "a/b", ".hidden", "", "a b"] {
             assert_eq!(
                 InstanceId::tenant(bad).unwrap_err(),
                 format!("`{bad}` cannot be used in a file name")
             );
         }
+        assert!(InstanceId::tenant(&"x".repeat(129)).is_err());
+        assert!(InstanceId::tenant(&"x".repeat(128)).is_ok());
         assert!(InstanceId::single().is_single());
         assert!(!InstanceId::tenant("a").unwrap().is_single());
+    }
+
+    #[test]
+    fn a_hostile_tenant_id_is_shown_escaped_and_short() {
+        let hostile = format!("\u{1b}[31mevil\n{}", "x".repeat(10_000));
+        let message = InstanceId::tenant(&hostile).unwrap_err();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(
+            message.chars().count() < 120,
+            "{} characters",
+            message.len()
+        );
+        assert!(message.starts_with("`?[31mevil?xxx"), "{message}");
     }
 
     #[test]

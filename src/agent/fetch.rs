@@ -13,6 +13,9 @@ use crate::names::InstanceId;
 use crate::schedule::refresh_delay;
 use crate::source::{Fetch, FetchContext, FetchError, InstanceOutcome};
 
+/// Failed instances named in the summary `once` prints; the rest are counted.
+const MAX_NAMED: usize = 10;
+
 /// With no instance to hold (a tenant list that came back empty), look again this often.
 const EMPTY_RELIST: Duration = Duration::from_secs(300);
 
@@ -138,11 +141,18 @@ impl SourceLoop {
                 current: state.instances.get(instance).map(|i| &i.token),
             })
             .collect();
-        let names: Vec<&str> = failures.iter().map(|f| f.instance).collect();
+        let mut named = failures
+            .iter()
+            .take(MAX_NAMED)
+            .map(|f| f.instance)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if failures.len() > MAX_NAMED {
+            named.push_str(&format!(" and {} more", failures.len() - MAX_NAMED));
+        }
         let summary = format!(
-            "{} instance(s) failed: {}; first error: {}",
+            "{} instance(s) failed: {named}; first error: {}",
             failures.len(),
-            names.join(", "),
             cause_chain(failures[0].error)
         );
         report.emit(RefreshFailed {

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::credential::CredentialRef;
 use crate::http::{self, HttpError};
-use crate::names::InstanceId;
+use crate::names::{self, InstanceId};
 use crate::redact::url_for_display;
 use crate::token::Token;
 
@@ -382,7 +382,7 @@ impl MindSphereSource {
             match InstanceId::tenant(&tenant) {
                 Err(message) => {
                     let e = FetchError::invalid(&self.display_url, format!("tenant id {message}"));
-                    fetch.refused.push((tenant, e));
+                    fetch.refused.push((names::shown(&tenant), e));
                 }
                 Ok(id) if ctx.not_due.contains(&id) => instances.push((id, InstanceOutcome::Kept)),
                 Ok(id) => due.push(id),

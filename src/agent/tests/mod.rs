@@ -9,8 +9,11 @@ use tokio::sync::watch;
 
 use self::scripted::Scripted;
 use super::source_loop::CLOCK_CHECK_PERIOD;
+use super::state;
 use super::*;
+use crate::names::InstanceId;
 use crate::observability::HEARTBEAT_PERIOD;
+use crate::source::FetchError;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -350,4 +353,34 @@ async fn once_reports_each_source() {
     let err = outcomes[1].result.as_ref().unwrap_err();
     assert!(err.contains("HTTP 503") && err.contains("nope"), "{err}");
     assert_eq!(read(dir.path(), "s0.token"), "token-1");
+}
+
+/// A tenant list of hostile ids (control characters, huge) reaches `once` output and logs
+/// only escaped and bounded.
+#[tokio::test(start_paused = true)]
+async fn hostile_tenant_ids_reach_the_output_escaped_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = agent(dir.path(), &[Scripted::default()]);
+    let source = &agent.loops[0];
+    let mut state =
+        state::LoopState::new(1, &source.refresh, source.retry, None, SystemTime::now());
+    let hostile = |i: usize| format!("\u{1b}[2J{i}\n{}", "x".repeat(10_000));
+    let fetch = crate::source::Fetch {
+        instances: Vec::new(),
+        refused: (0..500)
+            .map(|i| {
+                let message = InstanceId::tenant(&hostile(i)).unwrap_err();
+                (
+                    crate::names::shown(&hostile(i)),
+                    FetchError::invalid("u", message),
+                )
+            })
+            .collect(),
+    };
+    let summary = source
+        .apply(&agent.context, &mut state, Ok(fetch), Duration::ZERO)
+        .unwrap();
+    assert!(!summary.chars().any(char::is_control), "{summary:?}");
+    assert!(summary.len() < 2_000, "{} bytes", summary.len());
+    assert!(summary.starts_with("500 instance(s) failed: "), "{summary}");
 }
