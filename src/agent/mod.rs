@@ -2,7 +2,7 @@
 //! to back off, when to retry a sink — and reports what happened.
 //!
 //! This file wires sources and sinks from the configuration and runs them (`run`, `once`,
-//! `revoke`). The rest, one concept a file: [`source_loop`] (the loop of one source), `fetch`
+//! `revoke`). The rest, one concept a file: `source_loop` (the loop of one source), `fetch`
 //! (asking the source, applying its answer), `deliver` (handing tokens to sinks), `state`
 //! (what a loop knows between wake-ups), `instances` (its tokens by tenant), `election`
 //! (leader election and the standby gate), `report` (typed events: log, metric and status in
