@@ -47,16 +47,37 @@ fn top_module(path: &Path) -> String {
         .to_owned()
 }
 
-/// `crate::name` paths in `code`.
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The modules `code` names after `crate::`, also inside a group (`crate::{config, sink}`).
 fn crate_paths(code: &str) -> BTreeSet<String> {
-    code.match_indices("crate::")
-        .map(|(at, _)| {
-            code[at + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
-        .collect()
+    let mut modules = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + 7..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            for item in group.split(',') {
+                let name: String = item.trim().chars().take_while(|c| is_ident(*c)).collect();
+                modules.insert(name);
+            }
+        } else {
+            modules.insert(rest.chars().take_while(|c| is_ident(*c)).collect());
+        }
+    }
+    modules.remove("");
+    modules
+}
+
+/// Whether `code` holds the path `path` as a whole (`sink::file` in `sink::file::X` or
+/// `use crate::sink::file;`, not in `sink::file_x`).
+fn names_path(code: &str, path: &str) -> bool {
+    code.match_indices(path).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + path.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
 }
 
 /// One line of a registry: `"name" => Variant(module::Config),`.
@@ -123,8 +144,9 @@ fn a_kind_is_named_only_in_its_file_its_registry_and_the_config() {
                     continue;
                 }
                 let sibling = path.parent() == Some(&src().join(family));
-                let named = code.contains(&format!("{family}::{module}::"))
-                    || (sibling && code.contains(&format!("super::{module}::")));
+                let named = names_path(&code, &format!("{family}::{module}"))
+                    || names_path(&code, &format!("{family}::{{{module}"))
+                    || (sibling && names_path(&code, &format!("super::{module}")));
                 if named {
                     violations.push(format!("{} names {family}::{module}", path.display()));
                 }
