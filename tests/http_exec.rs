@@ -324,10 +324,34 @@ async fn exec_timeout_kills_the_command() {
         .unwrap_err();
     assert!(err.contains("timed out after 300ms"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    assert_dies(&pid_file, "the timed-out command is still running").await;
+}
+
+/// A shell command's own children (a pipeline, a background job) die with it: the command
+/// runs in a process group of its own and the whole group is killed.
+#[tokio::test]
+async fn exec_timeout_kills_what_the_shell_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let body = format!(
+        "    shell: true\n    command: ['sleep 30 & echo $! > {}; wait']\n    timeout: 300ms\n    ttl: 1m\n",
+        pid_file.display()
+    );
+    let err = once_yaml(&exec_yaml(dir.path(), &body))
+        .await
+        .result
+        .unwrap_err();
+    assert!(err.contains("timed out after 300ms"), "{err}");
+    assert_dies(
+        &pid_file,
+        "the shell's background child outlived the timeout",
+    )
+    .await;
+}
+
+/// Waits up to 5 s for the process whose pid is in `pid_file` to be gone (or a zombie).
+async fn assert_dies(pid_file: &Path, message: &str) {
+    let pid = std::fs::read_to_string(pid_file).unwrap().trim().to_owned();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -338,10 +362,7 @@ async fn exec_timeout_kills_the_command() {
         if !alive {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the timed-out command is still running"
-        );
+        assert!(Instant::now() < deadline, "{message} (pid {pid})");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

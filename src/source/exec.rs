@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal, kill_process_group};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +19,31 @@ use crate::http::MAX_RESPONSE_BYTES;
 use crate::names::is_env_name;
 use crate::redact::scrub;
 use crate::token::Token;
+
+/// The command's process group, killed when this is dropped before the command was reaped
+/// (a timeout, or the fetch cancelled at shutdown): a shell's pipeline or background job dies
+/// with it. Disarmed once the command has exited and been reaped, since its group id may then
+/// be reused.
+struct ProcessGroup(Option<Pid>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        ProcessGroup(child.id().and_then(|id| Pid::from_raw(id.try_into().ok()?)))
+    }
+
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // Already gone (every member exited) is fine.
+            let _ = kill_process_group(group, Signal::KILL);
+        }
+    }
+}
 
 /// Most of stderr kept for an error message (before scrubbing and truncation).
 const MAX_STDERR_BYTES: usize = 64 * 1024;
@@ -147,7 +173,9 @@ impl SingleTokenSource for ExecSource {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // A group of its own, so that a timeout ends what a shell started too.
+            .process_group(0);
         for (name, reference) in &c.secret_env {
             let value = reference.load()?.expose_secret().to_owned();
             cmd.env(name, &value);
@@ -164,6 +192,7 @@ impl SingleTokenSource for ExecSource {
         let mut child = cmd
             .spawn()
             .map_err(|e| failed(format!("cannot start: {e}")))?;
+        let group = ProcessGroup::of(&child);
 
         let run = async {
             if let (Some(mut pipe), Some(value)) = (child.stdin.take(), &stdin_value) {
@@ -195,7 +224,10 @@ impl SingleTokenSource for ExecSource {
             (status, stdout, stderr)
         };
         let (status, stdout, stderr) = match tokio::time::timeout(c.timeout, run).await {
-            Ok(done) => done,
+            Ok(done) => {
+                group.disarm();
+                done
+            }
             Err(_) => {
                 return Err(FetchError::CommandTimeout {
                     command: self.program.clone(),
