@@ -1,3 +1,4 @@
+//! Compiled only for tests: `#[cfg(test)] mod tests;` in agent/mod.rs declares its parent.
 //! A source that replays a script, for scheduler tests under paused time (real HTTP and a
 //! paused clock do not mix). The agent runs it as it runs any `Box<dyn Source>`.
 
