@@ -311,18 +311,8 @@ async fn exec_failures_are_clear_and_scrubbed() {
 
 #[tokio::test]
 async fn exec_timeout_kills_the_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
-    let body = format!(
-        "    shell: true\n    command: ['echo $$ > {}; exec sleep 30']\n    timeout: 300ms\n    ttl: 1m\n",
-        pid_file.display()
-    );
     let started = Instant::now();
-    let err = once_yaml(&exec_yaml(dir.path(), &body))
-        .await
-        .result
-        .unwrap_err();
-    assert!(err.contains("timed out after 300ms"), "{err}");
+    let (_dir, pid_file) = run_until_timeout("echo $$ > PID; exec sleep 30").await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_dies(&pid_file, "the timed-out command is still running").await;
 }
@@ -331,22 +321,28 @@ async fn exec_timeout_kills_the_command() {
 /// runs in a process group of its own and the whole group is killed.
 #[tokio::test]
 async fn exec_timeout_kills_what_the_shell_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
-    let body = format!(
-        "    shell: true\n    command: ['sleep 30 & echo $! > {}; wait']\n    timeout: 300ms\n    ttl: 1m\n",
-        pid_file.display()
-    );
-    let err = once_yaml(&exec_yaml(dir.path(), &body))
-        .await
-        .result
-        .unwrap_err();
-    assert!(err.contains("timed out after 300ms"), "{err}");
+    let (_dir, pid_file) = run_until_timeout("sleep 30 & echo $! > PID; wait").await;
     assert_dies(
         &pid_file,
         "the shell's background child outlived the timeout",
     )
     .await;
+}
+
+/// Runs `script` (`PID` stands for a file the script writes a pid to) as a `shell: true`
+/// exec source with a 300 ms timeout, checks that it timed out, and returns that file.
+async fn run_until_timeout(script: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let command = script.replace("PID", &pid_file.display().to_string());
+    let body =
+        format!("    shell: true\n    command: ['{command}']\n    timeout: 300ms\n    ttl: 1m\n");
+    let err = once_yaml(&exec_yaml(dir.path(), &body))
+        .await
+        .result
+        .unwrap_err();
+    assert!(err.contains("timed out after 300ms"), "{err}");
+    (dir, pid_file)
 }
 
 /// Waits up to 5 s for the process whose pid is in `pid_file` to be gone (or a zombie).
