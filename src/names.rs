@@ -89,6 +89,17 @@ pub fn shown(untrusted: &str) -> String {
     out
 }
 
+/// A character a tenant id may hold: `[A-Za-z0-9._-]`.
+pub fn is_tenant_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// A character a tenant id may start with: any [`is_tenant_char`] but `.` (no hidden files,
+/// no `..`).
+pub fn is_tenant_first(c: char) -> bool {
+    is_tenant_char(c) && c != '.'
+}
+
 /// Which token of a source: the only one ([`InstanceId::single`]), or one tenant's.
 ///
 /// A tenant id comes from a remote API. It becomes an `InstanceId` only once
@@ -105,12 +116,7 @@ impl InstanceId {
 
     /// A tenant id, if it can be used in a file name.
     pub fn tenant(id: &str) -> Result<Self, String> {
-        let valid = fits(
-            id,
-            MAX_INSTANCE_ID,
-            |c| c != '.',
-            |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
-        );
+        let valid = fits(id, MAX_INSTANCE_ID, is_tenant_first, is_tenant_char);
         if valid {
             Ok(InstanceId(id.into()))
         } else {

@@ -88,24 +88,29 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         "orders"
     );
     assert!(secret["data"]["expires-at"].is_string());
-    let applies: Vec<(String, String, String)> = api
-        .store
-        .lock()
-        .unwrap()
-        .log
-        .iter()
-        .filter(|(m, _, _)| m == "PATCH")
-        .cloned()
-        .collect();
+    let calls = |method: &str| -> Vec<(String, String, String)> {
+        let store = api.store.lock().unwrap();
+        let log = store.log.iter().filter(|(m, _, _)| m == method);
+        log.cloned().collect()
+    };
+    // The first write looks, then creates (never adopts); later ones apply.
+    assert_eq!(calls("GET").len(), 1, "{:?}", calls("GET"));
+    let creates = calls("POST");
     assert!(
-        applies[0].2.contains("fieldManager=token-agent") && applies[0].2.contains("force=true"),
-        "{applies:?}"
+        creates[0].2.contains("fieldManager=token-agent"),
+        "{creates:?}"
     );
 
     until("a refresh to reach the Secret", || {
         secret_token(&api).is_some_and(|(t, v)| t != first && v > v1)
     })
     .await;
+    let applies = calls("PATCH");
+    assert!(
+        applies[0].2.contains("fieldManager=token-agent") && applies[0].2.contains("force=true"),
+        "{applies:?}"
+    );
+    assert_eq!(calls("GET").len(), 1, "one look per Secret since start");
 
     api.forbid_secrets.store(true, Ordering::SeqCst);
     // The Secret is written before the file within one delivery, so wait for a token that
@@ -246,5 +251,73 @@ async fn kubernetes_token_requests_a_service_account_token() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("sources[0].expiration: must be at least 10m")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_agent_did_not_create_is_never_taken_over() {
+    let api = KubeApi::start(&["team-a"]).await;
+    let issuer =
+        token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(60))
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+    std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ enabled: false }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: [ {{ secret: {{ name: orders-token }} }} ]\n",
+            dir.path().join("tokens").display(),
+            issuer.token_url(),
+            dir.path().join("client-secret").display()
+        ),
+    )
+    .unwrap();
+    let theirs = base64::engine::general_purpose::STANDARD.encode("theirs");
+    for (labels, annotations) in [
+        (serde_json::json!({}), serde_json::json!({})),
+        (
+            serde_json::json!({"app.kubernetes.io/managed-by": "token-agent"}),
+            serde_json::json!({"token-agent.io/source": "payments"}),
+        ),
+    ] {
+        let foreign = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "orders-token", "namespace": "team-a", "uid": "u-theirs", "resourceVersion": "7", "labels": labels, "annotations": annotations}, "data": {"token": theirs}});
+        let key = (
+            "Secret".to_owned(),
+            "team-a".to_owned(),
+            "orders-token".to_owned(),
+        );
+        api.store
+            .lock()
+            .unwrap()
+            .objects
+            .insert(key, foreign.clone());
+        let out = once(&config, &kubeconfig);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("secret team-a/orders-token exists and token-agent did not create it for source `orders`"),
+            "{stderr}"
+        );
+        assert_eq!(
+            api.get("Secret", "team-a", "orders-token"),
+            Some(foreign),
+            "nothing changed"
+        );
+    }
+    // Once the foreign Secret is gone, the agent creates its own.
+    api.store.lock().unwrap().objects.clear();
+    let out = once(&config, &kubeconfig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = api.get("Secret", "team-a", "orders-token").unwrap();
+    assert_eq!(
+        ours["metadata"]["annotations"]["token-agent.io/source"],
+        "orders"
     );
 }

@@ -91,6 +91,25 @@ fn status(code: u16, reason: &str, message: &str, kind: &str) -> Response<Body> 
         .unwrap()
 }
 
+/// Answers the look before a first write: no such Secret.
+async fn absent(handle: &mut ApiHandle, uri: &str) {
+    let (method, got, _, _, send) = next(handle).await;
+    assert_eq!((method, got.as_str()), (http::Method::GET, uri));
+    send.send_response(status(
+        404,
+        "NotFound",
+        "secrets \"x\" not found",
+        "secrets",
+    ));
+}
+
+fn echo(code: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
 fn decode(data: &Value, key: &str) -> String {
     String::from_utf8(STANDARD.decode(data[key].as_str().unwrap()).unwrap()).unwrap()
 }
@@ -102,17 +121,22 @@ async fn applies_an_opaque_secret_with_server_side_apply() {
         "name: orders-token\nkeys: { token: access-token, expires_at: expires-at, json: token.json }\nlabels: { team: a }\nannotations: { note: x }\nowner: { api_version: apps/v1, kind: Deployment, name: web, uid: 1234-5678 }\n",
         &kube,
     );
-    let write = tokio::spawn(async move { s.write(&token("tok-1"), &InstanceId::single()).await });
+    let s = std::sync::Arc::new(s);
+    let sink = s.clone();
+    let write =
+        tokio::spawn(async move { sink.write(&token("tok-1"), &InstanceId::single()).await });
 
-    let (method, uri, headers, body, send) = next(&mut handle).await;
-    assert_eq!(method, http::Method::PATCH);
+    // The first write looks, and creates what is absent.
+    absent(
+        &mut handle,
+        "/api/v1/namespaces/team-a/secrets/orders-token",
+    )
+    .await;
+    let (method, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(method, http::Method::POST);
     assert_eq!(
         uri,
-        "/api/v1/namespaces/team-a/secrets/orders-token?&force=true&fieldManager=token-agent"
-    );
-    assert_eq!(
-        headers.get("content-type").unwrap(),
-        "application/apply-patch+yaml"
+        "/api/v1/namespaces/team-a/secrets?&fieldManager=token-agent"
     );
     assert_eq!(body["apiVersion"], "v1");
     assert_eq!(body["kind"], "Secret");
@@ -135,12 +159,24 @@ async fn applies_an_opaque_secret_with_server_side_apply() {
     assert_eq!(decode(&body["data"], "expires-at"), "2027-01-15T08:10:00Z");
     let doc: Value = serde_json::from_str(&decode(&body["data"], "token.json")).unwrap();
     assert_eq!(doc["token"], "tok-1");
-    send.send_response(
-        Response::builder()
-            .status(200)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
+    send.send_response(echo(201, &body));
+    write.await.unwrap().unwrap();
+
+    // Later writes apply, forced, without looking again.
+    let write = tokio::spawn(async move { s.write(&token("tok-2"), &InstanceId::single()).await });
+    let (method, uri, headers, applied, send) = next(&mut handle).await;
+    assert_eq!(method, http::Method::PATCH);
+    assert_eq!(
+        uri,
+        "/api/v1/namespaces/team-a/secrets/orders-token?&force=true&fieldManager=token-agent"
     );
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/apply-patch+yaml"
+    );
+    assert_eq!(decode(&applied["data"], "access-token"), "tok-2");
+    assert_eq!(applied["metadata"], body["metadata"]);
+    send.send_response(echo(200, &applied));
     write.await.unwrap().unwrap();
 }
 
@@ -153,9 +189,10 @@ async fn renders_a_docker_config_json_for_registries() {
     );
     let write =
         tokio::spawn(async move { s.write(&token("reg-tok"), &InstanceId::single()).await });
+    absent(&mut handle, "/api/v1/namespaces/builds/secrets/pull").await;
     let (_, uri, _, body, send) = next(&mut handle).await;
     assert!(
-        uri.starts_with("/api/v1/namespaces/builds/secrets/pull?"),
+        uri.starts_with("/api/v1/namespaces/builds/secrets?"),
         "{uri}"
     );
     assert_eq!(body["type"], "kubernetes.io/dockerconfigjson");
@@ -164,12 +201,7 @@ async fn renders_a_docker_config_json_for_registries() {
     assert_eq!(entry["username"], "robot");
     assert_eq!(entry["password"], "reg-tok");
     assert_eq!(entry["auth"], STANDARD.encode("robot:reg-tok"));
-    send.send_response(
-        Response::builder()
-            .status(201)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
+    send.send_response(echo(201, &body));
     write.await.unwrap().unwrap();
 }
 
@@ -197,9 +229,14 @@ async fn api_errors_become_clear_errors_and_reasons() {
             "namespace `team-a` does not exist",
         ),
         (
-            status(409, "Conflict", "Apply failed with 1 conflict", "secrets"),
+            status(
+                409,
+                "AlreadyExists",
+                "secrets \"orders-token\" already exists",
+                "secrets",
+            ),
             "conflict",
-            "answered 409 Conflict",
+            "answered 409 AlreadyExists",
         ),
         (
             status(
@@ -227,6 +264,11 @@ async fn api_errors_become_clear_errors_and_reasons() {
         let s = sink("name: orders-token\n", &kube);
         let write =
             tokio::spawn(async move { s.write(&token("tok-1"), &InstanceId::single()).await });
+        absent(
+            &mut handle,
+            "/api/v1/namespaces/team-a/secrets/orders-token",
+        )
+        .await;
         let (_, _, _, _, send) = next(&mut handle).await;
         send.send_response(response);
         let err = write.await.unwrap().unwrap_err();

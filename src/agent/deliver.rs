@@ -4,9 +4,11 @@
 use std::time::{Duration, SystemTime};
 
 use super::LoopContext;
+use super::places::Owner;
 use super::report::{InstanceRemoval, Published, SinkWrite};
-use super::source_loop::SourceLoop;
+use super::source_loop::{LoopSink, SourceLoop};
 use super::state::LoopState;
+use crate::sink::TENANT;
 
 /// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
 const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
@@ -27,20 +29,27 @@ impl SourceLoop {
             .iter_mut()
             .filter(|(_, i)| !i.token.is_expired(now))
         {
-            for (index, (sink, label)) in self.sinks.iter().enumerate() {
+            for (index, to) in self.sinks.iter().enumerate() {
                 if instance.delivered[index] {
                     continue;
                 }
                 let started = tokio::time::Instant::now();
-                let result = {
-                    let _busy = report.busy("sink write", SINK_WRITE_LIMIT);
-                    sink.write(&instance.token, key).await
+                let claimed = to.tenant_place.as_deref().map(|place| {
+                    let place = place.replace(TENANT, key.as_str());
+                    context.places.claim(&place, &self.owner(index))
+                });
+                let result = match claimed {
+                    Some(Err(taken)) => Err(taken.into()),
+                    _ => {
+                        let _busy = report.busy("sink write", SINK_WRITE_LIMIT);
+                        to.sink.write(&instance.token, key).await
+                    }
                 };
                 instance.delivered[index] = result.is_ok();
                 failed |= result.is_err();
                 report.emit(SinkWrite {
                     index,
-                    label,
+                    label: &to.label,
                     instance: key,
                     took: started.elapsed(),
                     result: &result,
@@ -49,13 +58,21 @@ impl SourceLoop {
         }
         let mut still = Vec::new();
         for (key, index) in std::mem::take(&mut state.removals) {
-            let (sink, label) = &self.sinks[index];
+            let LoopSink {
+                sink,
+                label,
+                tenant_place,
+            } = &self.sinks[index];
             let result = sink.remove(&key).await;
             report.emit(InstanceRemoval {
                 label,
                 instance: &key,
                 result: &result,
             });
+            if let (Ok(()), Some(place)) = (&result, tenant_place) {
+                let place = place.replace(TENANT, key.as_str());
+                context.places.release(&place, &self.owner(index));
+            }
             if result.is_err() {
                 failed = true;
                 still.push((key, index));
@@ -66,6 +83,14 @@ impl SourceLoop {
             state.next_sink_retry = now + state.sink_backoff.next_delay(fastrand::f64());
         } else {
             state.sink_backoff.reset();
+        }
+    }
+
+    /// Sink `index` of this source, as a place owner.
+    fn owner(&self, index: usize) -> Owner {
+        Owner {
+            source: self.name.clone(),
+            sink: index,
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! This file wires sources and sinks from the configuration and runs them (`run`, `once`,
 //! `revoke`). The rest, one concept a file: `source_loop` (the loop of one source), `fetch`
-//! (asking the source, applying its answer), `deliver` (handing tokens to sinks), `state`
+//! (asking the source, applying its answer), `deliver` (handing tokens to sinks), `places`
+//! (which sink writes which place), `state`
 //! (what a loop knows between wake-ups), `instances` (its tokens by tenant), `election`
 //! (leader election and the standby gate), `report` (typed events: log, metric and status in
 //! one call). The agent never names a kind: it talks to [`Source`] and [`Sink`] only.
@@ -12,6 +13,7 @@ mod deliver;
 mod election;
 mod fetch;
 mod instances;
+mod places;
 mod report;
 mod source_loop;
 mod state;
@@ -26,7 +28,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::error;
 
-use self::source_loop::SourceLoop;
+use self::places::{Owner, Places};
+use self::source_loop::{LoopSink, SourceLoop};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::cause_chain;
@@ -35,7 +38,7 @@ use crate::k8s::KubeContext;
 use crate::kind::BuildError;
 use crate::leader::LeaderElectionConfig;
 use crate::observability::{HEARTBEAT_PERIOD, Observability};
-use crate::sink::{Sink, SinkConfig, SinkContext, SinkSet};
+use crate::sink::{Sink, SinkConfig, SinkContext, SinkSet, TENANT, place};
 use crate::source::{BuildContext, Source};
 
 /// Every event of the agent logs under this one target (`token_agent::agent`), whichever of
@@ -52,6 +55,8 @@ struct LoopContext {
     /// Whether this replica may run sources whose sinks need the Lease (always, without
     /// election).
     leader: watch::Sender<bool>,
+    /// Which sink writes which place.
+    places: Places,
 }
 
 /// A source or one of its sinks could not be built (a CA file is unreadable, …); names the
@@ -96,6 +101,7 @@ impl Agent {
         let clients = HttpClients::default();
         let state_dir = config.state_dir();
         let mut loops = Vec::with_capacity(config.sources.len());
+        let mut named_places = Vec::new();
         for s in &config.sources {
             let failed = |error| AgentBuildError {
                 source_name: s.name.clone(),
@@ -117,14 +123,32 @@ impl Agent {
                 http: &http,
                 clients: &clients,
             };
-            let mut sinks: Vec<(Box<dyn Sink>, String)> = Vec::with_capacity(s.sinks.len());
-            for entry in &s.sinks {
+            let mut sinks = Vec::with_capacity(s.sinks.len());
+            for (index, entry) in s.sinks.iter().enumerate() {
                 let sink = entry.kind().build(&s.name, &ctx).map_err(failed)?;
+                let target = entry.kind().target(&config.defaults.file.dir);
+                let target = target.map(|(_, target)| place(&target));
+                let tenant_place = match target {
+                    Some(place) if place.contains(TENANT) => Some(place.into()),
+                    Some(place) => {
+                        let owner = Owner {
+                            source: s.name.clone(),
+                            sink: index,
+                        };
+                        named_places.push((place, owner));
+                        None
+                    }
+                    None => None,
+                };
                 let label = sink.label();
-                sinks.push((sink, label));
+                sinks.push(LoopSink {
+                    sink,
+                    label,
+                    tenant_place,
+                });
             }
             view.status.register(&s.name, s.required);
-            let labels: Vec<String> = sinks.iter().map(|(_, label)| label.clone()).collect();
+            let labels: Vec<String> = sinks.iter().map(|s| s.label.clone()).collect();
             let metrics = view
                 .metrics
                 .register_source(&s.name, s.spec.name(), &labels);
@@ -141,6 +165,18 @@ impl Agent {
                 needs_leader: election.enabled && s.sinks.iter().any(|k| k.kind().needs_leader()),
             });
         }
+        // The places sinks name outright are taken from the start, but only need recording
+        // when some sink picks its place by tenant id.
+        let places = Places::default();
+        if loops
+            .iter()
+            .flat_map(|l| &l.sinks)
+            .any(|s| s.tenant_place.is_some())
+        {
+            for (place, owner) in named_places {
+                let _ = places.claim(&place, &owner); // a duplicate: refused by `validate`
+            }
+        }
         view.metrics.set_sources(loops.len());
         view.metrics.set_leader(!election.enabled);
         let agent = Agent {
@@ -149,6 +185,7 @@ impl Agent {
                 observability: view,
                 fetch_permits: Semaphore::new(config.max_concurrent_fetches.max(1)),
                 leader: watch::Sender::new(!election.enabled),
+                places,
             }),
             election: election.enabled.then(|| election.clone()),
             kube,
@@ -165,7 +202,7 @@ impl Agent {
     /// Every sink of the agent, for the kind-level hooks.
     fn sinks(&self) -> Vec<&dyn Sink> {
         let sinks = self.loops.iter().flat_map(|l| &l.sinks);
-        sinks.map(|(sink, _)| sink.as_ref()).collect()
+        sinks.map(|s| s.sink.as_ref()).collect()
     }
 
     /// Before the first write: each sink kind removes what killed writes left behind.
@@ -185,7 +222,7 @@ impl Agent {
             return Err(format!("no source named `{source}` in the configuration"));
         };
         let mut deleted = 0;
-        for (sink, label) in &source.sinks {
+        for LoopSink { sink, label, .. } in &source.sinks {
             deleted += sink
                 .revoke()
                 .await

@@ -28,8 +28,7 @@ pub(super) struct SourceLoop {
     /// This source's series (see `metrics.rs`).
     pub metrics: Arc<SourceMetrics>,
     pub source: Box<dyn Source>,
-    /// Each sink with its label for metrics and logs.
-    pub sinks: Vec<(Box<dyn Sink>, String)>,
+    pub sinks: Vec<LoopSink>,
     pub refresh: RefreshPolicy,
     pub retry: RetryPolicy,
     /// A fetch running longer than this is stuck (its bound + grace).
@@ -38,6 +37,16 @@ pub(super) struct SourceLoop {
     pub remove_gone: bool,
     /// Some sink needs the Lease, so the loop runs only on the holder under leader election.
     pub needs_leader: bool,
+}
+
+/// A sink of the loop, with what the loop needs to know about it.
+pub(super) struct LoopSink {
+    pub sink: Box<dyn Sink>,
+    /// Bounded label for metrics and logs.
+    pub label: String,
+    /// The place it writes with `{tenant}` in it, claimed before each tenant's first write
+    /// (see `places.rs`); `None` for a sink that names one place or none.
+    pub tenant_place: Option<Box<str>>,
 }
 
 impl SourceLoop {
@@ -115,7 +124,7 @@ impl SourceLoop {
     /// A token left in a sink by an earlier run that is still before its refresh point.
     async fn adopt_existing(&self, context: &LoopContext, now: SystemTime) -> Option<Token> {
         let mut best: Option<Token> = None;
-        for (sink, _) in &self.sinks {
+        for LoopSink { sink, .. } in &self.sinks {
             if let Some(t) = sink.load_existing().await
                 && !refresh_delay(&self.refresh, &t, now, 0.0).is_zero()
                 && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at)

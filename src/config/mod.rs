@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod locate;
+mod overlap;
 mod parse;
 pub mod percent;
 mod validate;

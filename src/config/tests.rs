@@ -378,3 +378,50 @@ fn huge_files_are_refused_before_parsing() {
     let e = Config::load(&path).unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
 }
+
+#[test]
+fn a_tenant_pattern_that_can_produce_another_sinks_target_is_refused_with_both_places() {
+    let tenants = "  - name: mdsp\n    kind: mindsphere\n    base_url: https://gateway.example.com\n    client_id: c\n    client_secret: { env: S }\n    app_name: app\n    app_version: 1.0.0\n    host_tenant: host\n    all_tenants: true\n    sinks:\n      - file: { path: '{tenant}.token' }\n";
+    // The literal target first, then the pattern: reported at the pattern, naming the place.
+    let all = errors(&format!(
+        "sources:\n{}{tenants}",
+        GOOD_SOURCE.replace("a.token", "orders.token")
+    ));
+    let found = all
+        .iter()
+        .find(|e| e.path == "sources[1].sinks[0].file.path");
+    let e = found.unwrap_or_else(|| panic!("{all:#?}"));
+    assert!(e.to_string().starts_with("c.yaml:19:17: "), "{e}");
+    assert!(
+        e.message
+            .contains("/var/run/tokens/orders.token, which sources[0].sinks[0] also writes"),
+        "{e}"
+    );
+    // The other order, and two per-tenant sinks that overlap.
+    let all = errors(&format!(
+        "sources:\n{tenants}{}",
+        GOOD_SOURCE.replace("a.token", "orders.token")
+    ));
+    assert!(
+        all.iter().any(|e| e.path == "sources[1].sinks[0].file.path"
+            && e.message
+                .contains("can also be written by sources[0].sinks[0]")),
+        "{all:#?}"
+    );
+    let all = errors(&format!(
+        "sources:\n{tenants}{}",
+        tenants.replace("name: mdsp", "name: other")
+    ));
+    assert!(
+        all.iter()
+            .any(|e| e.path == "sources[1].sinks[0].file.path"),
+        "{all:#?}"
+    );
+    // Distinct places pass: a sub-directory a tenant id cannot reach.
+    let ok = format!(
+        "sources:\n{}{}",
+        GOOD_SOURCE.replace("a.token", "orders.token"),
+        tenants.replace("'{tenant}.token'", "'mdsp/{tenant}.token'")
+    );
+    assert!(Config::parse(&ok, Path::new("c.yaml")).is_ok());
+}

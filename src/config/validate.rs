@@ -1,10 +1,11 @@
 //! Checks that need more than one field: each returns `(field path, message)`.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
 
+use super::overlap::common_place;
 use super::{Config, HttpConfig, RefreshConfig, RetryConfig};
 use crate::names::check_source_name;
+use crate::sink::{TENANT, place};
 
 /// What `validate` says of a credential written in the YAML.
 const INLINE_SECRET: &str = "credential written in the config: use { file: PATH } or { env: NAME }, or set `allow_inline_secrets: true`";
@@ -27,7 +28,7 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
     check_http(&config.defaults.http, "defaults.http", &mut push);
 
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut targets: HashMap<PathBuf, String> = HashMap::new();
+    let mut targets = Targets::default();
     for (i, source) in config.sources.iter().enumerate() {
         let at = format!("sources[{i}]");
         if let Err(message) = check_source_name(&source.name) {
@@ -113,13 +114,11 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
                 (false, true) => push(sink_at.clone(), "`{tenant}` only applies to per-tenant sources".into()),
                 _ => {}
             }
-            if let Some((field, target)) = sink.target(&config.defaults.file.dir)
-                && let Some(other) = targets.insert(target.clone(), sink_at.clone())
-            {
-                push(
-                    format!("{field_at}.{field}"),
-                    format!("{} is also written by {other}", target.display()),
-                );
+            if let Some((field, target)) = sink.target(&config.defaults.file.dir) {
+                let field = format!("{field_at}.{field}");
+                if let Some(message) = targets.add(place(&target), sink_at.clone()) {
+                    push(field, message);
+                }
             }
         }
     }
@@ -182,5 +181,46 @@ fn check_http(h: &HttpConfig, at: &str, push: &mut impl FnMut(String, String)) {
             format!("{at}.client_cert"),
             "client_cert and client_key go together".into(),
         );
+    }
+}
+
+/// The places sinks write, to refuse a second sink that can write one of them: the same
+/// literal target, or a `{tenant}` pattern that a remote tenant id could turn into another
+/// sink's target.
+#[derive(Default)]
+struct Targets {
+    /// Targets without `{tenant}`, with where they were written.
+    literal: BTreeMap<String, String>,
+    /// Targets with `{tenant}` (few: one per per-tenant sink), with where.
+    patterns: Vec<(String, String)>,
+}
+
+impl Targets {
+    /// Records `target` written at `at`; says which earlier sink it can collide with.
+    fn add(&mut self, target: String, at: String) -> Option<String> {
+        if !target.contains(TENANT) {
+            let clash = self
+                .patterns
+                .iter()
+                .find_map(|(pattern, other)| Some((common_place(pattern, &target)?, other)))
+                .map(|(_, other)| {
+                    format!("{target} can also be written by {other}, for a tenant id chosen by the remote API: give the per-tenant sink its own directory or prefix")
+                });
+            if let Some(other) = self.literal.insert(target.clone(), at) {
+                return Some(format!("{target} is also written by {other}"));
+            }
+            return clash;
+        }
+        let clash = self
+            .patterns
+            .iter()
+            .map(|(t, at)| (t, at))
+            .chain(&self.literal)
+            .find_map(|(other_target, other)| Some((common_place(&target, other_target)?, other)))
+            .map(|(place, other)| {
+                format!("a tenant id chosen by the remote API can make this sink write {place}, which {other} also writes: give each sink its own directory or prefix")
+            });
+        self.patterns.push((target, at));
+        clash
     }
 }

@@ -21,7 +21,8 @@ use super::{
     BoxFuture, BuildError, Problems, Sink, SinkContext, SinkError, SinkKind, SinkSet, TENANT,
     blocking,
 };
-use crate::names::{InstanceId, is_env_name};
+use crate::error::Reason;
+use crate::names::{InstanceId, is_env_name, shown};
 use crate::token::{Token, fingerprint};
 
 /// `defaults.file`: what file sinks use unless they say otherwise.
@@ -159,6 +160,23 @@ fn instance_path(path: &Path, instance: &str) -> PathBuf {
     PathBuf::from(path.to_string_lossy().replace(TENANT, instance))
 }
 
+/// A file another source writes, by its metadata.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: says source `{owner}` writes this file: refusing to overwrite another source's token",
+    meta.display()
+)]
+pub struct FileTaken {
+    meta: PathBuf,
+    owner: String,
+}
+
+impl Reason for FileTaken {
+    fn reason(&self) -> &'static str {
+        "conflict"
+    }
+}
+
 /// Sidecar metadata; no secret in it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
@@ -229,7 +247,7 @@ impl FileSink {
         &self,
         token: &Token,
         instance: &InstanceId,
-    ) -> Result<Written, AtomicError> {
+    ) -> Result<Written, SinkError> {
         let relative = self.relative(instance)?;
         let (sub, name) = atomic::split(&relative);
         let dir = Dir::open(&self.dir, sub)?;
@@ -248,24 +266,48 @@ impl FileSink {
             ..self.owner
         };
         let meta_name = Self::meta_name(name);
-        if self.first_write(instance) && dir.holds(name, &content) {
-            dir.enforce(name, self.owner)?;
-            if !dir.holds(&meta_name, &meta_bytes) {
-                dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
-                dir.sync()?;
+        if self.first_write(instance) {
+            self.check_not_taken(&dir, &meta_name)?;
+            if dir.holds(name, &content) {
+                dir.enforce(name, self.owner)?;
+                if !dir.holds(&meta_name, &meta_bytes) {
+                    dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
+                    dir.sync()?;
+                }
+                self.mark_written(instance);
+                return Ok(Written::Unchanged);
             }
-            return Ok(Written::Unchanged);
         }
         dir.replace(name, &content, self.owner, true)?;
         dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
         dir.sync()?;
+        self.mark_written(instance);
         Ok(Written::Replaced)
     }
 
-    /// True the first time it is asked for `instance` since start.
+    /// Whether `instance` has not been written since start.
     fn first_write(&self, instance: &InstanceId) -> bool {
+        let seen = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        !seen.contains(instance)
+    }
+
+    fn mark_written(&self, instance: &InstanceId) {
         let mut seen = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        !seen.contains(instance) && seen.insert(instance.clone())
+        seen.insert(instance.clone());
+    }
+
+    /// Before the first write of a file: refuses it when its metadata names another source
+    /// (another agent, or another configuration, writes it); the file stays as it is.
+    fn check_not_taken(&self, dir: &Dir, meta_name: &OsStr) -> Result<(), FileTaken> {
+        let meta = dir.read(meta_name, MAX_EXISTING).ok().flatten();
+        let owner = meta.and_then(|m| serde_json::from_slice::<Meta>(&m).ok());
+        match owner {
+            Some(meta) if meta.source != self.source => Err(FileTaken {
+                meta: dir.path().join(meta_name),
+                owner: shown(&meta.source),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The directory this sink writes in and the temporary-file prefixes a killed write of it
@@ -294,8 +336,12 @@ impl FileSink {
         let relative = self.relative(instance)?;
         let (sub, name) = atomic::split(&relative);
         let dir = Dir::open(&self.dir, sub)?;
+        let meta_name = Self::meta_name(name);
+        if self.check_not_taken(&dir, &meta_name).is_err() {
+            return Ok(()); // another source's file: never written here, not ours to delete
+        }
         dir.remove(name)?;
-        dir.remove(&Self::meta_name(name))?;
+        dir.remove(&meta_name)?;
         dir.sync()?;
         self.written
             .lock()
@@ -365,7 +411,7 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Reason;
+    use std::fs;
     use std::time::Duration;
 
     fn single() -> InstanceId {
@@ -376,23 +422,31 @@ mod tests {
         InstanceId::tenant(id).unwrap()
     }
 
-    fn sink(dir: &Path, format: Format) -> FileSink {
-        let config = FileSinkConfig {
+    fn sink_config() -> FileSinkConfig {
+        FileSinkConfig {
             path: "a/t".into(),
-            format,
+            format: Format::Raw,
             dir: None,
             mode: None,
             uid: None,
             gid: None,
             env_name: None,
+        }
+    }
+
+    fn defaults(dir: &Path) -> FileDefaults {
+        FileDefaults {
+            dir: dir.to_owned(),
+            ..FileDefaults::default()
+        }
+    }
+
+    fn sink(dir: &Path, format: Format) -> FileSink {
+        let config = FileSinkConfig {
+            format,
+            ..sink_config()
         };
-        config.file_sink(
-            "orders",
-            &FileDefaults {
-                dir: dir.to_owned(),
-                ..FileDefaults::default()
-            },
-        )
+        config.file_sink("orders", &defaults(dir))
     }
 
     fn token(value: &str) -> Token {
@@ -433,20 +487,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = FileSinkConfig {
             path: "mdsp/{tenant}.token".into(),
-            format: Format::Raw,
-            dir: None,
-            mode: None,
-            uid: None,
-            gid: None,
-            env_name: None,
+            ..sink_config()
         };
-        let s = config.file_sink(
-            "m",
-            &FileDefaults {
-                dir: dir.path().to_owned(),
-                ..FileDefaults::default()
-            },
-        );
+        let s = config.file_sink("m", &defaults(dir.path()));
         assert!(s.is_per_instance());
         s.write_blocking(&token("tok-a"), &tenant("tenant-a")).unwrap();
         assert_eq!(
@@ -468,6 +511,34 @@ mod tests {
         assert!(!dir.path().join("mdsp/tenant-a.token").exists());
         assert!(!dir.path().join("mdsp/.tenant-a.token.meta.json").exists());
         assert!(s.load_existing_blocking().is_none());
+    }
+
+    #[test]
+    fn a_file_whose_metadata_names_another_source_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = sink(dir.path(), Format::Raw);
+        theirs.write_blocking(&token("theirs"), &single()).unwrap();
+        let mut ours = sink(dir.path(), Format::Raw);
+        ours.source = "payments".into();
+        let err = ours.write_blocking(&token("ours"), &single()).unwrap_err();
+        assert_eq!(err.reason(), "conflict");
+        assert!(err.to_string().contains("says source `orders` writes this file"), "{err}");
+        assert_eq!(fs::read_to_string(dir.path().join("a/t")).unwrap(), "theirs");
+        assert!(ours.write_blocking(&token("again"), &single()).is_err(), "still refused");
+        // The owner itself goes on writing.
+        theirs.write_blocking(&token("theirs-2"), &single()).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("a/t")).unwrap(), "theirs-2");
+        // Nor is it deleted when an instance of the other source goes away.
+        let per_tenant = |source: &str| {
+            let config = FileSinkConfig {
+                path: "{tenant}.token".into(),
+                ..sink_config()
+            };
+            config.file_sink(source, &defaults(dir.path()))
+        };
+        per_tenant("orders").write_blocking(&token("o"), &tenant("t1")).unwrap();
+        per_tenant("payments").remove_blocking(&tenant("t1")).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("t1.token")).unwrap(), "o");
     }
 
     #[test]

@@ -45,6 +45,15 @@ registry! {
 /// The placeholder of per-tenant sinks: a path or name holding it names one place per tenant.
 pub const TENANT: &str = "{tenant}";
 
+/// A [`SinkKind::target`] as one comparable string: `a/./b` and `a//b` are `a/b`.
+pub fn place(target: &Path) -> String {
+    target
+        .components()
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The configuration side of a sink kind: what `validate` checks and what the agent builds.
 pub trait SinkKind {
     /// Problems as `(field relative to the kind's entry, message)`.

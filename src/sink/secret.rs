@@ -2,17 +2,20 @@
 //! `token-agent`, forced), so other pods can mount the token or pull images with it.
 //!
 //! The Secret is labelled `app.kubernetes.io/managed-by: token-agent` and annotated with
-//! `token-agent.io/source` and `token-agent.io/expires-at`; only Secrets carrying both (for
-//! this source) are ever deleted, when a tenant goes away.
+//! `token-agent.io/source` and `token-agent.io/expires-at`. The sink never adopts a Secret it
+//! did not make: the first write of each Secret since start looks first, creates it when
+//! absent, and refuses (reason `conflict`, nothing changed) one that lacks the label or names
+//! another source. Only Secrets carrying both (for this source) are ever deleted, when a
+//! tenant goes away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 
 use super::format::Format;
@@ -187,6 +190,7 @@ impl SinkKind for SecretSinkConfig {
             config: Arc::new(self.clone()),
             source: source.to_owned(),
             kube: ctx.kube.clone(),
+            written: Arc::default(),
         }))
     }
 }
@@ -215,6 +219,10 @@ pub enum SecretError {
     },
     #[error("secret {secret}: cannot reach the API server: {detail}")]
     Connect { secret: String, detail: String },
+    #[error(
+        "secret {secret} exists and token-agent did not create it for source `{source_name}`: refusing to take it over (delete it, or name another Secret)"
+    )]
+    NotOurs { secret: String, source_name: String },
 }
 
 impl Reason for SecretError {
@@ -228,6 +236,7 @@ impl Reason for SecretError {
             SecretError::Api { code: 429, .. } => "throttled",
             SecretError::Api { .. } => "api_error",
             SecretError::Connect { .. } => "connect",
+            SecretError::NotOurs { .. } => "conflict",
         }
     }
 }
@@ -237,6 +246,8 @@ pub struct SecretSink {
     config: Arc<SecretSinkConfig>,
     source: String,
     kube: KubeContext,
+    /// Instances whose Secret this sink created or found its own since start.
+    written: Arc<Mutex<HashSet<InstanceId>>>,
 }
 
 impl std::fmt::Debug for SecretSink {
@@ -326,16 +337,53 @@ impl SecretSink {
         }
     }
 
-    /// Applies the Secret for `instance` holding `token`.
+    /// Whether a Secret carries this agent's label and this source's annotation.
+    fn is_ours(&self, secret: &Secret) -> bool {
+        let meta = &secret.metadata;
+        let label = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0));
+        let source = meta.annotations.as_ref().and_then(|a| a.get(SOURCE_ANNOTATION));
+        label.is_some_and(|v| v == MANAGED_BY.1) && source.is_some_and(|s| *s == self.source)
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashSet<InstanceId>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the Secret for `instance` holding `token`: the first time since start, creates
+    /// it or checks that it is ours; then server-side apply.
     async fn apply(&self, token: &Token, instance: &InstanceId) -> Result<(), SecretError> {
         let (api, namespace) = self.api().await?;
         let name = self.name(instance);
         let secret = self.desired(token, instance, &namespace);
+        let failed = |e| classify(e, &namespace, &name, &[token.secret()]);
+        if !self.written().contains(instance) {
+            match api.get_opt(&name).await.map_err(failed)? {
+                None => {
+                    // Create, not apply: a Secret someone makes in the meantime is a 409, never
+                    // taken over.
+                    let params = PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    };
+                    api.create(&params, &secret).await.map_err(failed)?;
+                    self.written().insert(instance.clone());
+                    return Ok(());
+                }
+                Some(existing) if !self.is_ours(&existing) => {
+                    return Err(SecretError::NotOurs {
+                        secret: format!("{namespace}/{name}"),
+                        source_name: self.source.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(&name, &params, &Patch::Apply(&secret))
             .await
-            .map(|_| ())
-            .map_err(|e| classify(e, &namespace, &name, &[token.secret()]))
+            .map_err(failed)?;
+        self.written().insert(instance.clone());
+        Ok(())
     }
 
     /// Deletes the Secret of an instance that went away — only if this agent made it.
@@ -353,21 +401,10 @@ impl SecretSink {
             Some(s) => s,
             None => return Ok(()),
         };
-        let ours = existing
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY.0))
-            .is_some_and(|v| v == MANAGED_BY.1)
-            && existing
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SOURCE_ANNOTATION))
-                .is_some_and(|s| *s == self.source);
-        if !ours {
+        if !self.is_ours(&existing) {
             return Ok(());
         }
+        self.written().remove(instance);
         let params = DeleteParams {
             preconditions: existing.metadata.uid.map(|uid| kube::api::Preconditions {
                 uid: Some(uid),

@@ -1,7 +1,7 @@
 //! A stateful stand-in for the Kubernetes API server, for end-to-end tests of the binary
 //! through a kubeconfig. It follows the real API for the calls token-agent makes: Secrets
-//! (server-side apply with `application/apply-patch+yaml` and `fieldManager`, get, delete with
-//! uid preconditions), ServiceAccount TokenRequests, and Leases with `resourceVersion`
+//! (create, which answers `409 AlreadyExists` for an existing name; server-side apply with
+//! `application/apply-patch+yaml` and `fieldManager`; get; delete with uid preconditions), ServiceAccount TokenRequests, and Leases with `resourceVersion`
 //! optimistic locking — with real Status bodies (`NotFound`, `Forbidden`, `Conflict`, …) so
 //! kube's `is_not_found()` and friends work. What it does not cover: field ownership merging
 //! between several managers, admission, RBAC rules (403 is injected by the test), watches.
@@ -72,6 +72,7 @@ impl KubeApi {
             version: Arc::new(AtomicU64::new(100)),
         };
         let app = Router::new()
+            .route("/api/v1/namespaces/{ns}/secrets", post(secret_create))
             .route("/api/v1/namespaces/{ns}/secrets/{name}", any(secret))
             .route(
                 "/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
@@ -133,6 +134,68 @@ impl KubeApi {
     }
 }
 
+impl KubeApi {
+    /// `403 Forbidden` for a Secret write while `forbid_secrets` is set.
+    fn forbidden(&self, verb: &str, ns: &str, name: &str) -> Option<Response> {
+        self.forbid_secrets.load(Ordering::SeqCst).then(|| {
+            let message = format!(
+                "secrets \"{name}\" is forbidden: User \"system:serviceaccount:{ns}:token-agent\" cannot {verb} resource \"secrets\" in API group \"\" in the namespace \"{ns}\""
+            );
+            status(StatusCode::FORBIDDEN, "Forbidden", message, "secrets", name)
+        })
+    }
+}
+
+/// `POST …/secrets`: creates, or `409 AlreadyExists` (never replaces).
+async fn secret_create(
+    State(api): State<KubeApi>,
+    headers: HeaderMap,
+    UrlPath(ns): UrlPath<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{ns}/secrets");
+    if !api.authorized(&headers, &Method::POST, &path, &query) {
+        return unauthorized();
+    }
+    if !api.store.lock().unwrap().namespaces.contains(&ns) {
+        return not_found("namespaces", &ns);
+    }
+    let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+        let message = "error decoding JSON".to_owned();
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            message,
+            "secrets",
+            "",
+        );
+    };
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(forbidden) = api.forbidden("create", &ns, &name) {
+        return forbidden;
+    }
+    let key = ("Secret".to_owned(), ns.clone(), name.clone());
+    let version = api.next_version();
+    let mut store = api.store.lock().unwrap();
+    if store.objects.contains_key(&key) {
+        let message = format!("secrets \"{name}\" already exists");
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            message,
+            "secrets",
+            &name,
+        );
+    }
+    stamp(&mut object, None, version);
+    store.objects.insert(key, object.clone());
+    (StatusCode::CREATED, Json(object)).into_response()
+}
+
 fn unauthorized() -> Response {
     status(
         StatusCode::UNAUTHORIZED,
@@ -182,17 +245,8 @@ async fn secret(
             None => not_found("secrets", &name),
         },
         Method::PATCH => {
-            if api.forbid_secrets.load(Ordering::SeqCst) {
-                let message = format!(
-                    "secrets \"{name}\" is forbidden: User \"system:serviceaccount:{ns}:token-agent\" cannot patch resource \"secrets\" in API group \"\" in the namespace \"{ns}\""
-                );
-                return status(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    message,
-                    "secrets",
-                    &name,
-                );
+            if let Some(forbidden) = api.forbidden("patch", &ns, &name) {
+                return forbidden;
             }
             if headers.get("content-type").and_then(|v| v.to_str().ok())
                 != Some("application/apply-patch+yaml")
