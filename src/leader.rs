@@ -1,13 +1,18 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, client-go's algorithm: the holder
-//! renews `renewTime` every `renew_every`; a candidate takes the Lease over once
-//! `renewTime + leaseDurationSeconds` has passed; every write is an update carrying the
-//! `resourceVersion` it read, so two candidates can never both win (the second gets 409).
+//! renews `renewTime` every `renew_every`; a candidate takes the Lease over once it has seen
+//! the same Lease record for `leaseDurationSeconds` of its *own* monotonic time (never by
+//! comparing the holder's `renewTime` with its wall clock: clocks of two nodes differ); every
+//! write is an update carrying the `resourceVersion` it read, so two candidates can never both
+//! win (the second gets 409). A holder whose renewals do not succeed within `renew_deadline`
+//! (shorter than the lease duration) steps down, even while its API call still hangs, so it has
+//! stopped writing before anyone else can take over.
 //!
 //! Hand-written (≈150 lines) rather than a crate: `kube-leader-election` pins kube 4 (a second
 //! kube in the binary), and `kube-lease-manager` takes the Lease with server-side apply
 //! field-ownership conflicts, which needs `patch` and behaves differently from client-go.
 //! This needs only `get`, `create` and `update` on `leases`.
 
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
@@ -36,6 +42,10 @@ pub struct LeaderElectionConfig {
     /// How often the holder renews and candidates retry.
     #[serde(default = "default_renew", with = "humantime_serde")]
     pub renew_every: Duration,
+    /// How long the holder keeps leading without a successful renewal (default: two thirds
+    /// of `duration`, client-go's 10 s of 15 s).
+    #[serde(default, with = "humantime_serde")]
+    pub renew_deadline: Option<Duration>,
 }
 
 fn default_lease() -> String {
@@ -56,17 +66,32 @@ impl Default for LeaderElectionConfig {
             namespace: None,
             duration: default_duration(),
             renew_every: default_renew(),
+            renew_deadline: None,
         }
     }
 }
 
 impl LeaderElectionConfig {
+    /// `renew_deadline`, or its default.
+    pub fn deadline(&self) -> Duration {
+        self.renew_deadline.unwrap_or(self.duration * 2 / 3)
+    }
+
     pub fn check(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.renew_every.is_zero() || self.renew_every >= self.duration {
             problems.push((
                 "renew_every".into(),
                 "must be greater than zero and shorter than `duration`".into(),
+            ));
+        }
+        if self.deadline() <= self.renew_every || self.deadline() >= self.duration {
+            problems.push((
+                "renew_deadline".into(),
+                format!(
+                    "{:?} must be longer than `renew_every` and shorter than `duration`",
+                    self.deadline()
+                ),
             ));
         }
         if self.duration < Duration::from_secs(1) {
@@ -97,17 +122,16 @@ fn micro(t: SystemTime) -> Option<MicroTime> {
         .map(MicroTime)
 }
 
-fn system(t: &MicroTime) -> SystemTime {
-    SystemTime::from(t.0)
-}
-
 /// One candidate.
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    deadline: Duration,
     clock: Clock,
+    /// The Lease record as last seen, and when (monotonic): expiry counts from there.
+    observed: Mutex<Option<(LeaseSpec, Instant)>>,
 }
 
 impl Elector {
@@ -127,7 +151,9 @@ impl Elector {
             name: config.lease.clone(),
             identity,
             duration: config.duration,
+            deadline: config.deadline(),
             clock,
+            observed: Mutex::new(None),
         })
     }
 
@@ -138,7 +164,9 @@ impl Elector {
     fn spec(&self, now: SystemTime, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            lease_duration_seconds: Some(
+                i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
             acquire_time: acquired.or_else(|| micro(now)),
             renew_time: micro(now),
             lease_transitions: Some(transitions),
@@ -169,16 +197,10 @@ impl Elector {
         let new_spec = if holder == self.identity {
             self.spec(now, spec.acquire_time.clone(), transitions)
         } else {
-            let held_for =
-                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
-            let expired = spec
-                .renew_time
-                .as_ref()
-                .is_none_or(|r| system(r) + held_for <= now);
-            if !holder.is_empty() && !expired {
+            if !holder.is_empty() && !self.expired(&spec) {
                 return Ok(false);
             }
-            self.spec(now, None, transitions + 1)
+            self.spec(now, None, transitions.saturating_add(1))
         };
         lease.spec = Some(new_spec);
         match self
@@ -190,6 +212,22 @@ impl Elector {
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `spec`, held by another replica, has gone unchanged for its lease duration
+    /// since this candidate first saw it (client-go's observed time).
+    fn expired(&self, spec: &LeaseSpec) -> bool {
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let since = match &*observed {
+            Some((seen, at)) if seen == spec => *at,
+            _ => {
+                *observed = Some((spec.clone(), now));
+                now
+            }
+        };
+        let seconds = spec.lease_duration_seconds.unwrap_or(0).max(0);
+        now.duration_since(since) >= Duration::from_secs(seconds.unsigned_abs().into())
     }
 
     /// Gives the Lease up (on shutdown) so another replica takes over at once.
@@ -214,26 +252,36 @@ impl Elector {
     }
 
     /// Runs rounds every `renew_every` and publishes leadership until `shutdown`. A holder
-    /// that cannot renew for `duration` steps down on its own.
+    /// whose renewals fail or hang for `renew_deadline` steps down: the round is cut off at
+    /// that point, so a hung API call cannot keep it leading.
     pub async fn run(
         self,
         renew_every: Duration,
         leader: watch::Sender<bool>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut last_renewal: Option<SystemTime> = None;
+        // When the last successful round started: its renewTime is no earlier than that.
+        let mut last_renewal: Option<Instant> = None;
         loop {
-            let now = self.clock.now();
-            let leading = match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renewal = Some(now);
+            let started = Instant::now();
+            let budget = last_renewal.map_or(self.deadline, |t| {
+                (t + self.deadline).saturating_duration_since(started)
+            });
+            let still_leading =
+                |last: Option<Instant>| last.is_some_and(|t| t.elapsed() < self.deadline);
+            let leading = match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    last_renewal = Some(started);
                     true
                 }
-                Ok(false) => false,
-                Err(e) => {
+                Ok(Ok(false)) => false,
+                Ok(Err(e)) => {
                     warn!(lease = %self.name, error = %e, "leader election round failed");
-                    last_renewal
-                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() < self.duration)
+                    still_leading(last_renewal)
+                }
+                Err(_) => {
+                    warn!(lease = %self.name, deadline = ?self.deadline, "leader election round hung past the renew deadline");
+                    still_leading(last_renewal)
                 }
             };
             if leading != *leader.borrow() {

@@ -1,11 +1,14 @@
 //! Leader election against the Kubernetes API stand-in: one holder at a time, take-over after
-//! the Lease expires, a released Lease handed over at once; then two agent binaries where
-//! exactly one writes the Secret and the other takes over when the first is killed.
+//! the Lease expires (on the candidate's own clock, whatever the skew), a released Lease handed
+//! over at once, a holder whose API calls hang stepping down before its Lease expires; then two
+//! agent binaries where exactly one writes the Secret and the portal entry, and the other takes
+//! over when the first is killed.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use common::kube_api::KubeApi;
 use token_agent::clock::Clock;
@@ -15,6 +18,16 @@ use token_agent::leader::{Elector, LeaderElectionConfig};
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 
 async fn elector(api: &KubeApi, dir: &std::path::Path, name: &str, duration: Duration) -> Elector {
+    elector_with(api, dir, name, duration, Clock::system()).await
+}
+
+async fn elector_with(
+    api: &KubeApi,
+    dir: &std::path::Path,
+    name: &str,
+    duration: Duration,
+    clock: Clock,
+) -> Elector {
     let kubeconfig = kube::config::Kubeconfig::read_from(api.kubeconfig(dir, "team-a")).unwrap();
     let options = kube::config::KubeConfigOptions::default();
     token_agent::install_crypto_provider();
@@ -28,8 +41,9 @@ async fn elector(api: &KubeApi, dir: &std::path::Path, name: &str, duration: Dur
         namespace: None,
         duration,
         renew_every: duration / 4,
+        renew_deadline: None,
     };
-    Elector::new(&lease, &kube, name.into(), Clock::system())
+    Elector::new(&lease, &kube, name.into(), clock)
         .await
         .unwrap()
 }
@@ -49,6 +63,10 @@ async fn one_holder_takeover_after_expiry_and_release() {
     let lease = api.get("Lease", "team-a", "agents").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "a");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
+        "b sees the renewal"
+    );
 
     tokio::time::sleep(Duration::from_millis(2200)).await; // a stops renewing
     assert!(
@@ -95,6 +113,179 @@ async fn concurrent_candidates_never_both_win() {
     }
 }
 
+#[tokio::test]
+async fn a_candidate_with_a_skewed_clock_neither_steals_a_live_lease_nor_waits_on_a_dead_one() {
+    let api = KubeApi::start(&["team-a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let duration = Duration::from_secs(1);
+    let hour = Duration::from_secs(3600);
+    let holder = elector(&api, dir.path(), "holder", duration).await;
+    let ahead = elector_with(
+        &api,
+        dir.path(),
+        "ahead",
+        duration,
+        Clock::manual(SystemTime::now() + hour),
+    )
+    .await;
+    let behind = elector_with(
+        &api,
+        dir.path(),
+        "behind",
+        duration,
+        Clock::manual(SystemTime::now() - hour),
+    )
+    .await;
+    assert!(holder.try_acquire_or_renew().await.unwrap());
+    // The holder renews every 250 ms for 2 s (two lease durations): its renewTime is an hour
+    // in the past for one candidate, and an hour in the future for the other.
+    for _ in 0..8 {
+        assert!(
+            !ahead.try_acquire_or_renew().await.unwrap(),
+            "a clock an hour ahead stole a live lease"
+        );
+        assert!(!behind.try_acquire_or_renew().await.unwrap());
+        assert!(
+            holder.try_acquire_or_renew().await.unwrap(),
+            "the holder keeps it"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The holder dies. The clock an hour behind sees a renewTime an hour in its future, yet
+    // takes over once the record has not changed for a lease duration of its own time.
+    assert!(!behind.try_acquire_or_renew().await.unwrap());
+    tokio::time::sleep(duration + Duration::from_millis(200)).await;
+    assert!(
+        behind.try_acquire_or_renew().await.unwrap(),
+        "a clock an hour behind waited on a dead lease"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_whose_api_calls_hang_steps_down_before_its_lease_expires() {
+    let api = KubeApi::start(&["team-a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let duration = Duration::from_secs(4);
+    let a = elector(&api, dir.path(), "a", duration).await; // renew 1 s, deadline 2.67 s
+    let (leader, mut leading) = tokio::sync::watch::channel(false);
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(a.run(Duration::from_millis(200), leader, shutdown));
+    tokio::time::timeout(Duration::from_secs(5), leading.wait_for(|l| *l))
+        .await
+        .expect("a leads")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // a renewal or two
+    let renewed =
+        api.get("Lease", "team-a", "agents").unwrap()["metadata"]["resourceVersion"].clone();
+    api.hang_leases.store(true, Ordering::SeqCst);
+    let hung_at = Instant::now();
+    // The renewal whose write succeeded last started before `hung_at`; any other replica
+    // waits `duration` from when it saw that write. Stepping down must come before.
+    tokio::time::timeout(duration, leading.wait_for(|l| !*l))
+        .await
+        .expect("still leading after the lease duration while its API calls hang")
+        .unwrap();
+    let stepped_down = hung_at.elapsed();
+    assert!(stepped_down < duration, "{stepped_down:?}");
+    assert_eq!(
+        api.get("Lease", "team-a", "agents").unwrap()["metadata"]["resourceVersion"],
+        renewed,
+        "no renewal got through while hung"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
+    token_agent::install_crypto_provider();
+    let api = KubeApi::start(&["team-a"]).await;
+    let portal = common::api_portal::Portal::default();
+    let mock = portal.start().await;
+    let issuer = token_agent::dev::issuer::Issuer::start("c", "s", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+    std::fs::write(dir.path().join("secret"), "s").unwrap();
+    std::fs::write(dir.path().join("portal-password"), "appr0ver-pw").unwrap();
+    let ports = [0, 1].map(|_| free_port());
+    let configs = ports.map(|port| {
+        // Each replica has its own pod: its own token and state directories.
+        let path = dir.path().join(format!("config-{port}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}
+state_dir: '{}'
+defaults: {{ file: {{ dir: '{}' }} }}
+server: {{ listen: '127.0.0.1:{port}' }}
+sources:
+  - name: orders
+    kind: oauth2
+    token_url: '{}'
+    client_id: c
+    client_secret: {{ file: '{}' }}
+    sinks:
+      - file: {{ path: orders.token }}
+      - api_portal: {{ url: 'http://{}', username: approver, password: {{ file: '{}' }}, user: u-1, properties: [ {{ key: applicationName, value: App }}, {{ key: Access Token Type, value: API Key }}, {{ key: x-Api-Key, value: '{{{{ token }}}}' }} ] }}
+",
+                dir.path().join(format!("state-{port}")).display(),
+                dir.path().join(format!("tokens-{port}")).display(),
+                issuer.token_url(),
+                dir.path().join("secret").display(),
+                mock.addr,
+                dir.path().join("portal-password").display()
+            ),
+        )
+        .unwrap();
+        path
+    });
+    let agents = Agents(vec![
+        spawn(&configs[0], &kubeconfig, "agent-0"),
+        spawn(&configs[1], &kubeconfig, "agent-1"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let states = [leader_metric(ports[0]).await, leader_metric(ports[1]).await];
+        if matches!(states, [Some(a), Some(b)] if a ^ b)
+            && !portal.entries.lock().unwrap().is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no portal entry: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both replicas have been running for a while: a follower that wrote would have by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        portal.entries.lock().unwrap().len(),
+        1,
+        "one entry, from the leader"
+    );
+    assert_eq!(issuer.issued(), 1, "only the leader fetched");
+    drop(agents);
+}
+
+/// Agent processes, killed when the test ends, also when it fails (a live child would hold
+/// the test's output open).
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> Child {
     Command::new(BIN)
         .args([
@@ -132,13 +323,7 @@ async fn two_agents_one_writer_and_failover() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.kubeconfig(dir.path(), "team-a");
     std::fs::write(dir.path().join("secret"), "s").unwrap();
-    let ports = [0, 1].map(|_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    });
+    let ports = [0, 1].map(|_| free_port());
     let configs = ports.map(|port| {
         let path = dir.path().join(format!("config-{port}.yaml"));
         std::fs::write(
@@ -152,10 +337,10 @@ async fn two_agents_one_writer_and_failover() {
         .unwrap();
         path
     });
-    let mut agents = [
+    let mut agents = Agents(vec![
         spawn(&configs[0], &kubeconfig, "agent-0"),
         spawn(&configs[1], &kubeconfig, "agent-1"),
-    ];
+    ]);
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
@@ -183,8 +368,8 @@ async fn two_agents_one_writer_and_failover() {
     );
     assert!(ready.text().await.unwrap().contains("\"standby\":true"));
 
-    agents[leader].kill().unwrap(); // SIGKILL: no release, the lease must expire
-    agents[leader].wait().unwrap();
+    agents.0[leader].kill().unwrap(); // SIGKILL: no release, the lease must expire
+    agents.0[leader].wait().unwrap();
     let follower = 1 - leader;
     let killed_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -206,10 +391,10 @@ async fn two_agents_one_writer_and_failover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Command::new("kill")
-        .args(["-TERM", &agents[follower].id().to_string()])
+        .args(["-TERM", &agents.0[follower].id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(agents[follower].wait().unwrap().code(), Some(0));
+    assert_eq!(agents.0[follower].wait().unwrap().code(), Some(0));
     let lease = api.get("Lease", "team-a", "agents").unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),

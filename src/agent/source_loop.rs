@@ -98,6 +98,9 @@ impl SourceLoop {
                 };
                 self.apply(context, &mut state, outcome, took);
             }
+            if self.needs_leader && !*leader.borrow() {
+                continue; // leadership lost during the fetch: write nothing more
+            }
             let now = clock.now();
             if now >= state.next_sink_retry {
                 Box::pin(self.deliver(context, &mut state, now)).await;

@@ -114,6 +114,11 @@ impl SinkKind for ApiPortalConfig {
         None
     }
 
+    /// Every replica would create its own portal entry: only the Lease holder writes.
+    fn needs_leader(&self) -> bool {
+        true
+    }
+
     fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError> {
         let base = http::http_url(&self.url).map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
         Ok(Box::new(ApiPortalSink {

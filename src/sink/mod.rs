@@ -78,8 +78,8 @@ pub trait SinkKind {
     /// refuses two sinks writing the same place.
     fn target(&self, default_dir: &Path) -> Option<(&'static str, PathBuf)>;
 
-    /// Whether the sink writes somewhere every replica shares (a Secret), so that with leader
-    /// election only the Lease holder may write it.
+    /// Whether the sink has effects outside the pod that every replica would repeat (a
+    /// Secret, a portal entry), so that with leader election only the Lease holder writes it.
     fn needs_leader(&self) -> bool {
         false
     }

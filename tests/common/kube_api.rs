@@ -37,6 +37,8 @@ pub struct KubeApi {
     pub store: Arc<Mutex<Store>>,
     /// Answer 403 to Secret writes while set.
     pub forbid_secrets: Arc<AtomicBool>,
+    /// Never answer Lease calls while set (a hung API server).
+    pub hang_leases: Arc<AtomicBool>,
     version: Arc<AtomicU64>,
 }
 
@@ -69,6 +71,7 @@ impl KubeApi {
                 ..Default::default()
             })),
             forbid_secrets: Arc::default(),
+            hang_leases: Arc::default(),
             version: Arc::new(AtomicU64::new(100)),
         };
         let app = Router::new()
@@ -194,6 +197,15 @@ async fn secret_create(
     stamp(&mut object, None, version);
     store.objects.insert(key, object.clone());
     (StatusCode::CREATED, Json(object)).into_response()
+}
+
+impl KubeApi {
+    /// While `hang_leases` is set, a Lease call waits here for as long as a test runs.
+    async fn maybe_hang(&self) {
+        if self.hang_leases.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
 }
 
 fn unauthorized() -> Response {
@@ -382,6 +394,7 @@ async fn lease_create(
     UrlPath(ns): UrlPath<String>,
     body: Bytes,
 ) -> Response {
+    api.maybe_hang().await;
     if !api.authorized(
         &headers,
         &Method::POST,
@@ -427,6 +440,7 @@ async fn lease(
     UrlPath((ns, name)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
+    api.maybe_hang().await;
     if !api.authorized(
         &headers,
         &method,
