@@ -57,7 +57,8 @@ impl Setup {
         std::fs::write(
             &path,
             format!(
-                "defaults:\n  file: {{ dir: '{}' }}\n  refresh: {{ min_interval: 100ms }}\n  retry: {{ initial: 100ms, max: 300ms }}\nserver: {{ enabled: false }}\nsources:\n{body}",
+                "state_dir: '{}'\ndefaults:\n  file: {{ dir: '{}' }}\n  refresh: {{ min_interval: 100ms }}\n  retry: {{ initial: 100ms, max: 300ms }}\nserver: {{ enabled: false }}\nsources:\n{body}",
+                self.dir.path().join("state").display(),
                 self.dir.path().join("tokens").display()
             ),
         )
@@ -71,7 +72,7 @@ impl Setup {
     }
 
     fn state_files(&self) -> Vec<PathBuf> {
-        let dir = self.dir.path().join("tokens/.token-agent/api-portal");
+        let dir = self.dir.path().join("state/api-portal");
         std::fs::read_dir(&dir)
             .map(|d| {
                 d.flatten()
@@ -330,5 +331,95 @@ fn validate_requires_the_mandatory_properties() {
     assert!(
         err.contains("api_portal.password: credential written in the config"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_state_files_never_cause_a_delete() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(600).await;
+    let config = s.config(&["weather"], "portal-password");
+    once(&config).await.unwrap();
+    let victim = "victim-entry";
+    s.portal.entries.lock().unwrap().insert(
+        victim.into(),
+        (
+            "4ee9c60c-c32e-3615-83c4-5dc6822c45de".into(),
+            Default::default(),
+        ),
+    );
+    let portal = format!("http://{}", s.mock.addr);
+    let plant = |dir: &Path, name: &str, user: &str, mode: u32, padding: usize| {
+        let dir = dir.join("api-portal/gone");
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = serde_json::json!({"source": "gone", "instance": "", "portal": portal, "user": user, "token_id": victim, "padding": "x".repeat(padding)});
+        let path = dir.join(name);
+        std::fs::write(&path, state.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let ours = "4ee9c60c-c32e-3615-83c4-5dc6822c45de";
+    let state = s.dir.path().join("state");
+    // Each would have been deleted with the configured sink's credentials before.
+    plant(&state, "writable-by-others.json", ours, 0o666, 0);
+    plant(&state, "oversized.json", ours, 0o600, 5000);
+    plant(&state, "another-user.json", "another-portal-user", 0o600, 0);
+    if rustix::process::geteuid().is_root() {
+        let path = plant(&state, "foreign-owner.json", ours, 0o600, 0);
+        std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
+    }
+    // The token directory, where the state directory used to be by default.
+    plant(
+        &s.dir.path().join("tokens/.token-agent"),
+        "_-x.json",
+        ours,
+        0o600,
+        0,
+    );
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let explicit = Config::parse(&text, &config).unwrap();
+    Agent::build(&explicit, Clock::system())
+        .unwrap()
+        .revoke_orphans()
+        .await;
+    // Without `state_dir`, the default lies outside the token directory.
+    let default = Config::parse(
+        &text.replace(&format!("state_dir: '{}'\n", state.display()), ""),
+        &config,
+    )
+    .unwrap();
+    assert!(
+        !default.state_dir().starts_with(s.dir.path()),
+        "{:?}",
+        default.state_dir()
+    );
+    Agent::build(&default, Clock::system())
+        .unwrap()
+        .revoke_orphans()
+        .await;
+
+    let deletes: Vec<_> = methods(&s.mock)
+        .into_iter()
+        .filter(|(m, _)| m == "DELETE")
+        .collect();
+    assert!(deletes.is_empty(), "{deletes:?}");
+    assert!(s.portal.entries.lock().unwrap().contains_key(victim));
+    // The sink's own state file is still believed: a revoke deletes its entry.
+    let out = Command::new(BIN)
+        .args([
+            "revoke",
+            "--config",
+            config.to_str().unwrap(),
+            "--source",
+            "weather",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "revoked 1 API-Portal entry of source `weather`",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -30,6 +30,10 @@ use crate::source::SourceSpec;
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The whole configuration file.
+/// Where state lives unless `state_dir` says otherwise: not in the token volume, which the
+/// apps mount (and can often write), so a planted state file cannot steer a DELETE.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/token-agent";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -46,7 +50,7 @@ pub struct Config {
     #[serde(default)]
     pub leader_election: LeaderElectionConfig,
     /// Where state that must survive restarts is kept (API-Portal token ids). Default:
-    /// `.token-agent` inside `defaults.file.dir`.
+    /// `/var/lib/token-agent`, outside the token volume that apps mount and may write.
     pub state_dir: Option<PathBuf>,
     /// How many fetches may run at once across all sources.
     #[serde(default = "default_max_concurrent_fetches")]
@@ -278,11 +282,11 @@ impl Config {
         }
     }
 
-    /// The state directory, resolved.
+    /// The state directory, resolved (default [`DEFAULT_STATE_DIR`]).
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
-            .unwrap_or_else(|| self.defaults.file.dir.join(".token-agent"))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
     }
 
     /// Warnings that do not stop the agent (inline secrets when allowed).

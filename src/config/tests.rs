@@ -425,3 +425,20 @@ fn a_tenant_pattern_that_can_produce_another_sinks_target_is_refused_with_both_p
     );
     assert!(Config::parse(&ok, Path::new("c.yaml")).is_ok());
 }
+
+#[test]
+fn state_lives_outside_the_token_directory_unless_told_and_then_a_warning_says_so() {
+    let c = Config::parse(&format!("sources:\n{GOOD_SOURCE}"), Path::new("c.yaml")).unwrap();
+    assert_eq!(c.state_dir(), Path::new(super::DEFAULT_STATE_DIR));
+    assert!(!c.state_dir().starts_with(&c.defaults.file.dir));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let inside = format!("state_dir: /var/run/tokens/.state\nsources:\n{GOOD_SOURCE}");
+    let c = Config::parse(&inside, Path::new("c.yaml")).unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("lies inside the token directory /var/run/tokens")),
+        "{:?}",
+        c.warnings()
+    );
+}

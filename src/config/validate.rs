@@ -128,17 +128,25 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
 }
 
 pub(super) fn warnings(config: &Config) -> Vec<String> {
-    config
-        .sources
-        .iter()
-        .flat_map(|s| {
-            s.spec
-                .kind()
-                .inline_secrets()
-                .into_iter()
-                .map(move |f| format!("source `{}`: {f} is written inline in the config", s.name))
-        })
-        .collect()
+    let mut warnings: Vec<String> =
+        config
+            .sources
+            .iter()
+            .flat_map(|s| {
+                s.spec.kind().inline_secrets().into_iter().map(move |f| {
+                    format!("source `{}`: {f} is written inline in the config", s.name)
+                })
+            })
+            .collect();
+    let (state, tokens) = (config.state_dir(), &config.defaults.file.dir);
+    if state.starts_with(tokens) {
+        warnings.push(format!(
+            "state_dir {} lies inside the token directory {}, which apps mount and may be able to write: keep it on its own volume",
+            state.display(),
+            tokens.display()
+        ));
+    }
+    warnings
 }
 
 fn check_refresh(r: &RefreshConfig, at: &str, push: &mut impl FnMut(String, String)) {

@@ -5,7 +5,10 @@
 //!
 //! The id must survive restarts, or each restart would create a duplicate entry: it is kept in
 //! a small state file, `<state_dir>/api-portal/<source>/<instance>-<portal>.json`, written
-//! atomically like the token files. Only ids found there are ever deleted.
+//! atomically like the token files. Only ids found there are ever deleted, and a state file is
+//! believed only if the agent's own user owns it, nobody else may write it, and it is small
+//! (see [`read_state`]): a planted file must never steer a DELETE. An entry is deleted only with
+//! the credentials of a sink for the same portal *and* the same portal user.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,7 +139,7 @@ impl SinkKind for ApiPortalConfig {
     }
 
     /// Entries recorded by sinks or sources that are no longer configured are deleted with the
-    /// credentials of a configured sink for the same portal; without one (also when no portal
+    /// credentials of a configured sink for the same portal and portal user; without one (also when no portal
     /// sink is left at all), a warning says so.
     fn revoke_orphans<'a>(sinks: &'a SinkSet<'a>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -148,7 +151,11 @@ impl SinkKind for ApiPortalConfig {
                 {
                     continue;
                 }
-                match portals.iter().find(|p| p.portal() == state.portal) {
+                // The same portal *and* portal user: another user's credentials never delete.
+                let same = |p: &&&ApiPortalSink| {
+                    p.portal() == state.portal && p.inner.config.user == state.user
+                };
+                match portals.iter().find(same) {
                     Some(p) => match p.delete_recorded(&path, &state.token_id).await {
                         Ok(()) => {
                             info!(source = %state.source, portal = %state.portal, "deleted the API-Portal entry of a removed sink")
@@ -159,7 +166,7 @@ impl SinkKind for ApiPortalConfig {
                     },
                     None => warn!(
                         source = %state.source, portal = %state.portal, state = %path.display(),
-                        "an API-Portal entry of a removed sink remains: no configured sink has credentials for that portal; delete it in the portal, then remove the state file"
+                        "an API-Portal entry of a removed sink remains: no configured sink has credentials for that portal and user; delete it in the portal, then remove the state file"
                     ),
                 }
             }
@@ -204,6 +211,54 @@ pub struct State {
     pub token_id: String,
 }
 
+/// State files hold a few short strings: anything larger was not written by the agent.
+const MAX_STATE_FILE: u64 = 4096;
+
+/// Reads a state file, if the agent can trust it: a regular file (not followed through a
+/// symlink), owned by the agent's effective uid, not writable by group or others, at most
+/// [`MAX_STATE_FILE`] bytes, holding a [`State`].
+pub fn read_state(path: &Path) -> Result<State, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not the agent's uid {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("mode {:04o} lets others write it", meta.mode() & 0o7777));
+    }
+    if meta.len() > MAX_STATE_FILE {
+        return Err(format!("{} bytes, more than a state file holds", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_STATE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not a state file: {e}"))
+}
+
+/// [`read_state`], saying in the log why a file that exists is not trusted.
+fn trusted_state(path: &Path) -> Option<State> {
+    match read_state(path) {
+        Ok(state) => Some(state),
+        Err(why) => {
+            if path.exists() {
+                warn!(state = %path.display(), reason = %why, "ignoring an API-Portal state file the agent cannot trust");
+            }
+            None
+        }
+    }
+}
+
 /// Every recorded id under `state_dir`, with its file.
 pub fn recorded(state_dir: &Path) -> Vec<(PathBuf, State)> {
     let Ok(sources) = std::fs::read_dir(state_dir.join("api-portal")) else {
@@ -214,10 +269,9 @@ pub fn recorded(state_dir: &Path) -> Vec<(PathBuf, State)> {
         .filter_map(|d| std::fs::read_dir(d.path()).ok())
         .flat_map(|files| files.flatten())
         .filter_map(|f| {
-            Some((
-                f.path(),
-                serde_json::from_slice::<State>(&std::fs::read(f.path()).ok()?).ok()?,
-            ))
+            let path = f.path();
+            let state = trusted_state(&path)?;
+            Some((path, state))
         })
         .collect()
 }
@@ -283,9 +337,9 @@ impl ApiPortalSink {
     }
 
     fn load_id(&self, instance: &InstanceId) -> Option<String> {
-        let state: State =
-            serde_json::from_slice(&std::fs::read(self.state_path(instance)).ok()?).ok()?;
-        (state.source == self.inner.source && usable_id(&state.token_id)).then_some(state.token_id)
+        let state = trusted_state(&self.state_path(instance))?;
+        let ours = self.owns(&state.source, &state.portal, &state.user);
+        (ours && usable_id(&state.token_id)).then_some(state.token_id)
     }
 
     fn save_id(&self, instance: &InstanceId, id: &str) -> Result<(), PortalError> {
@@ -465,8 +519,8 @@ impl ApiPortalSink {
         };
         entries
             .flatten()
-            .filter_map(|e| serde_json::from_slice::<State>(&std::fs::read(e.path()).ok()?).ok())
-            .filter(|s| s.portal == self.inner.display_url && s.user == self.inner.config.user)
+            .filter_map(|e| trusted_state(&e.path()))
+            .filter(|s| self.owns(&s.source, &s.portal, &s.user))
             .filter_map(|s| recorded_instance(&s.instance))
             .collect()
     }
