@@ -32,7 +32,6 @@ impl Observability {
     /// `Ok` while the heartbeat is recent and no fetch or write has outlived its bound;
     /// otherwise why not (for `/healthz`).
     pub fn liveness(&self) -> Result<(), String> {
-        self.status
-            .liveness(self.clock.now(), HEARTBEAT_PERIOD * MISSED_BEATS)
+        self.status.liveness(HEARTBEAT_PERIOD * MISSED_BEATS)
     }
 }

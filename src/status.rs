@@ -2,9 +2,10 @@
 //! source loops and the HTTP server. Holds no token.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 
@@ -28,11 +29,12 @@ pub struct SourceStatus {
 
 /// A fetch or a sink write under way. Each has a bound (a fetch its HTTP timeout, a write a
 /// fixed limit); one that outlives its bound means the loop is stuck (a hung volume, say), and
-/// `/healthz` turns 503 so the kubelet restarts the agent.
+/// `/healthz` turns 503 so the kubelet restarts the agent. Measured on the monotonic clock: an
+/// NTP step of the wall clock is not a stuck loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Busy {
     pub what: &'static str,
-    pub since: SystemTime,
+    pub since: Instant,
     pub limit: Duration,
 }
 
@@ -56,10 +58,21 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Status {
     sources: RwLock<BTreeMap<String, SourceStatus>>,
-    heartbeat_unix_ms: AtomicU64,
+    /// The last beat, on the monotonic clock; the first counts from creation, so `/healthz`
+    /// is 200 from the start and 503 only if the heartbeat never gets going.
+    heartbeat: Mutex<Instant>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            sources: RwLock::default(),
+            heartbeat: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Status {
@@ -102,12 +115,8 @@ impl Status {
             .all(|s| s.ready)
     }
 
-    pub fn beat(&self, now: SystemTime) {
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        self.heartbeat_unix_ms.store(ms, Ordering::Relaxed);
+    pub fn beat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// Marks `source` busy with `what` until the returned guard is dropped.
@@ -115,9 +124,9 @@ impl Status {
         &'a self,
         source: &'a str,
         what: &'static str,
-        since: SystemTime,
         limit: Duration,
     ) -> BusyGuard<'a> {
+        let since = Instant::now();
         self.update(source, |s| s.busy = Some(Busy { what, since, limit }));
         BusyGuard {
             status: self,
@@ -127,16 +136,16 @@ impl Status {
 
     /// `Ok` while the heartbeat is more recent than `max_age` and no operation has outlived its
     /// bound; otherwise why not (names a source and an operation, never a secret).
-    pub fn liveness(&self, now: SystemTime, max_age: Duration) -> Result<(), String> {
-        let last =
-            UNIX_EPOCH + Duration::from_millis(self.heartbeat_unix_ms.load(Ordering::Relaxed));
-        if now.duration_since(last).is_ok_and(|age| age > max_age) {
+    pub fn liveness(&self, max_age: Duration) -> Result<(), String> {
+        let now = Instant::now();
+        let last = *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(last) > max_age {
             return Err("the scheduler heartbeat stopped".into());
         }
         let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
         for s in map.values() {
             if let Some(b) = s.busy {
-                let took = now.duration_since(b.since).unwrap_or_default();
+                let took = now.duration_since(b.since);
                 if took > b.limit {
                     return Err(format!(
                         "source `{}`: {} has been running for {}s (limit {}s)",
@@ -156,26 +165,30 @@ impl Status {
 mod tests {
     use super::*;
 
-    #[test]
-    fn liveness_needs_a_recent_heartbeat() {
+    #[tokio::test(start_paused = true)]
+    async fn liveness_needs_a_recent_heartbeat_from_the_start() {
         let status = Status::default();
-        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        status.beat(t0);
         let max_age = Duration::from_secs(30);
         assert_eq!(
-            status.liveness(t0 + Duration::from_secs(30), max_age),
-            Ok(())
+            status.liveness(max_age),
+            Ok(()),
+            "alive before the first beat"
         );
+        tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(
-            status.liveness(t0 + Duration::from_secs(31), max_age),
-            Err("the scheduler heartbeat stopped".into())
+            status.liveness(max_age),
+            Err("the scheduler heartbeat stopped".into()),
+            "…but only for as long as one beat may be late"
         );
+        status.beat();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(status.liveness(max_age), Ok(()));
     }
 
     #[test]
     fn readiness_is_re_evaluated_against_expiry() {
         let status = Status::default();
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         status.register("a", true);
         status.register("b", false);
         assert!(!status.all_required_ready(now));

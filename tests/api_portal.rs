@@ -423,3 +423,45 @@ async fn planted_state_files_never_cause_a_delete() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `/healthz` stays alive while the clean-up of removed sinks' entries waits on a portal that
+/// never answers: the heartbeat starts first and the clean-up runs beside the sources.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_portal_at_start_does_not_hold_liveness_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hung.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = hung.incoming().collect(); // accepts, never answers
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let user = "u-1";
+    for n in 0..3 {
+        let state = dir.path().join("state/api-portal/gone");
+        std::fs::create_dir_all(&state).unwrap();
+        let path = state.join(format!("t{n}.json"));
+        let record = serde_json::json!({"source": "gone", "instance": format!("t{n}"), "portal": format!("http://{addr}"), "user": user, "token_id": format!("id-{n}")});
+        std::fs::write(&path, record.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(dir.path().join("password"), "pw").unwrap();
+    let yaml = format!(
+        "state_dir: '{}'\ndefaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - name: weather\n    kind: oauth2\n    token_url: 'http://127.0.0.1:9/t'\n    auth: none\n    http: {{ timeout: 30s }}\n    sinks:\n      - api_portal: {{ url: 'http://{addr}', username: approver, password: {{ file: '{}' }}, user: {user}, properties: [ {{ key: applicationName, value: A }}, {{ key: Access Token Type, value: API Key }} ] }}\n",
+        dir.path().join("state").display(),
+        dir.path().join("tokens").display(),
+        dir.path().join("password").display(),
+    );
+    let config = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
+    let agent = Agent::build(&config, Clock::system()).unwrap();
+    let view = agent.observability();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(rx));
+    // Three DELETEs of 30 s each: 90 s of clean-up, three times the heartbeat's allowance.
+    for second in 0..100 {
+        assert_eq!(view.liveness(), Ok(()), "at {second} s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

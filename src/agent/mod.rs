@@ -20,13 +20,14 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
+use std::borrow::Borrow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::error;
+use tracing::{error, warn};
 
 use self::places::{Owner, Places};
 use self::source_loop::{LoopSink, SourceLoop};
@@ -44,6 +45,10 @@ use crate::source::{BuildContext, Source};
 /// Every event of the agent logs under this one target (`token_agent::agent`), whichever of
 /// its files emits it, so `RUST_LOG` filters and JSON log consumers see the agent as one.
 const LOG_TARGET: &str = module_path!();
+
+/// Longest the start-up clean-up of removed sinks' remote entries may run (serial calls, each
+/// bounded by its HTTP timeout, to a portal that may be unreachable).
+const ORPHAN_CLEAN_UP_LIMIT: Duration = Duration::from_secs(300);
 
 /// Grace beyond the HTTP timeout before a fetch counts as stuck.
 const FETCH_GRACE: Duration = Duration::from_secs(30);
@@ -199,15 +204,9 @@ impl Agent {
         self.context.observability.clone()
     }
 
-    /// Every sink of the agent, for the kind-level hooks.
-    fn sinks(&self) -> Vec<&dyn Sink> {
-        let sinks = self.loops.iter().flat_map(|l| &l.sinks);
-        sinks.map(|s| s.sink.as_ref()).collect()
-    }
-
     /// Before the first write: each sink kind removes what killed writes left behind.
     async fn sweep_leftovers(&self) {
-        let sinks = self.sinks();
+        let sinks = sinks_of(&self.loops);
         let set = SinkSet {
             sinks: &sinks,
             state_dir: &self.state_dir,
@@ -234,35 +233,44 @@ impl Agent {
     /// Deletes what earlier runs created for sinks that are no longer configured (each kind
     /// decides what that is and says what it did).
     pub async fn revoke_orphans(&self) {
-        let sinks = self.sinks();
-        let set = SinkSet {
-            sinks: &sinks,
-            state_dir: &self.state_dir,
-        };
-        SinkConfig::revoke_orphans(&set).await;
+        revoke_orphans(&self.loops, &self.state_dir).await;
     }
 
     /// Runs every source until `shutdown` turns true, then lets in-flight writes finish.
+    ///
+    /// The heartbeat starts first, so `/healthz` never waits on start-up work; the clean-up of
+    /// orphans (remote calls, possibly to an unreachable portal) runs beside the sources, cut
+    /// off after [`ORPHAN_CLEAN_UP_LIMIT`].
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        self.sweep_leftovers().await;
-        self.revoke_orphans().await;
         let mut tasks = JoinSet::new();
         let view = self.context.observability.clone();
         let mut heartbeat_stop = shutdown.clone();
         tasks.spawn(async move {
             loop {
-                view.status.beat(view.clock.now());
+                view.status.beat();
                 tokio::select! {
                     _ = tokio::time::sleep(HEARTBEAT_PERIOD) => {}
                     _ = heartbeat_stop.wait_for(|stop| *stop) => break,
                 }
             }
         });
+        self.sweep_leftovers().await;
+        let loops: Vec<Arc<SourceLoop>> = self.loops.into_iter().map(Arc::new).collect();
+        let (orphans_of, state_dir, mut stop) = (loops.clone(), self.state_dir, shutdown.clone());
+        tasks.spawn(async move {
+            let clean_up = revoke_orphans(&orphans_of, &state_dir);
+            tokio::select! {
+                done = tokio::time::timeout(ORPHAN_CLEAN_UP_LIMIT, clean_up) => if done.is_err() {
+                    warn!(target: LOG_TARGET, limit = ?ORPHAN_CLEAN_UP_LIMIT, "the clean-up of removed sinks' entries ran out of time; the rest is tried at the next start");
+                },
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        });
         if let Some(election) = self.election.clone() {
             let (context, kube, stop) = (self.context.clone(), self.kube.clone(), shutdown.clone());
             tasks.spawn(async move { election::elect(election, kube, context, stop).await });
         }
-        for source in self.loops {
+        for source in loops {
             let context = self.context.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { source.run(&context, shutdown).await });
@@ -299,4 +307,20 @@ impl Agent {
         outcomes.sort_by(|a, b| a.source.cmp(&b.source));
         outcomes
     }
+}
+
+/// Every sink of `loops`, for the kind-level hooks.
+fn sinks_of<L: Borrow<SourceLoop>>(loops: &[L]) -> Vec<&dyn Sink> {
+    let sinks = loops.iter().flat_map(|l| &l.borrow().sinks);
+    sinks.map(|s| s.sink.as_ref()).collect()
+}
+
+/// Each sink kind deletes what earlier runs created for sinks no longer configured.
+async fn revoke_orphans<L: Borrow<SourceLoop>>(loops: &[L], state_dir: &Path) {
+    let sinks = sinks_of(loops);
+    let set = SinkSet {
+        sinks: &sinks,
+        state_dir,
+    };
+    SinkConfig::revoke_orphans(&set).await;
 }

@@ -41,8 +41,7 @@ impl Reporter<'_> {
     /// Marks the source busy with `what` (bounded by `limit`) for `/healthz` until the guard
     /// is dropped, also when the operation is cancelled.
     pub fn busy(&self, what: &'static str, limit: Duration) -> BusyGuard<'_> {
-        let now = self.view.clock.now();
-        self.view.status.busy(self.source, what, now, limit)
+        self.view.status.busy(self.source, what, limit)
     }
 
     fn set_error_reason(&self, reason: Option<&'static str>) {

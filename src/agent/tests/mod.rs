@@ -1,6 +1,7 @@
 //! Compiled only for tests: `#[cfg(test)] mod tests;` in agent/mod.rs.
 //! The scheduler under paused time: a scripted source stands in for a real one.
 
+mod liveness;
 mod places;
 mod scripted;
 
@@ -14,7 +15,6 @@ use super::source_loop::CLOCK_CHECK_PERIOD;
 use super::state;
 use super::*;
 use crate::names::InstanceId;
-use crate::observability::HEARTBEAT_PERIOD;
 use crate::source::FetchError;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -313,35 +313,6 @@ async fn max_concurrent_fetches_caps_fetches_across_sources() {
     );
     stop.send(true).unwrap();
     task.await.unwrap();
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_fetch_stuck_past_its_bound_fails_liveness() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Scripted::new([(1000 * SEC, Ok(100 * SEC))]);
-    let (agent, _) = agent(dir.path(), std::slice::from_ref(&script));
-    let view = agent.observability();
-    let (stop, task) = start(agent);
-    let max_age = HEARTBEAT_PERIOD * 6;
-    tokio::time::sleep(39 * SEC).await;
-    assert_eq!(
-        view.status.liveness(view.clock.now(), max_age),
-        Ok(()),
-        "a slow fetch within its bound is fine"
-    );
-    tokio::time::sleep(2 * SEC).await;
-    let why = view.status.liveness(view.clock.now(), max_age).unwrap_err();
-    assert_eq!(
-        why,
-        "source `s0`: fetch has been running for 41s (limit 40s)"
-    );
-    stop.send(true).unwrap();
-    task.await.unwrap();
-    assert_eq!(
-        view.status.liveness(view.clock.now(), Duration::MAX),
-        Ok(()),
-        "the mark goes with the cancelled fetch"
-    );
 }
 
 #[tokio::test(start_paused = true)]
