@@ -14,7 +14,7 @@ use crate::config::{RefreshPolicy, RetryPolicy};
 use crate::metrics::SourceMetrics;
 use crate::schedule::refresh_delay;
 use crate::sink::Sink;
-use crate::source::Source;
+use crate::source::{Source, jwt};
 use crate::token::Token;
 
 /// Longest sleep between two looks at the wall clock, so a clock that jumps (backwards, or
@@ -128,7 +128,10 @@ impl SourceLoop {
     async fn adopt_existing(&self, context: &LoopContext, now: SystemTime) -> Option<Token> {
         let mut best: Option<Token> = None;
         for LoopSink { sink, .. } in &self.sinks {
-            if let Some(t) = sink.load_existing().await
+            if let Some(t) = sink
+                .load_existing()
+                .await
+                .and_then(|t| self.plausible(t, now))
                 && !refresh_delay(&self.refresh, &t, now, 0.0).is_zero()
                 && best.as_ref().is_none_or(|b| t.expires_at > b.expires_at)
             {
@@ -141,6 +144,21 @@ impl SourceLoop {
             });
         }
         best
+    }
+
+    /// A token found on disk as far as the agent believes its record: issued in the past,
+    /// living no longer than `max_interval` (the agent would have fetched again by then), and
+    /// expiring no later than its own `exp` claim when it is a JWT. A planted record with a
+    /// far-future expiry so cannot keep an expired token in place, nor `/readyz` at 200.
+    fn plausible(&self, mut token: Token, now: SystemTime) -> Option<Token> {
+        if token.issued_at > now {
+            return None;
+        }
+        let longest = token.issued_at.checked_add(self.refresh.max_interval);
+        let claimed = jwt::expiry(token.secret());
+        let cap = [longest, claimed].into_iter().flatten().min()?;
+        token.expires_at = token.expires_at.min(cap);
+        Some(token)
     }
 
     /// `once` mode: adopt or fetch, write every sink, no retries.

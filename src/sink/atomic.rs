@@ -170,6 +170,22 @@ impl Dir {
     /// The content of the regular file `name`, `None` if it is missing or larger than `limit`.
     /// Symlinks are not followed.
     pub fn read(&self, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        self.read_if(name, limit, |_| true)
+    }
+
+    /// Like [`Dir::read`], for a file only the agent's own user may have made: `None` if
+    /// another uid owns it.
+    pub fn read_own(&self, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let me = rustix::process::geteuid().as_raw();
+        self.read_if(name, limit, |meta| meta.uid() == me)
+    }
+
+    fn read_if(
+        &self,
+        name: &OsStr,
+        limit: u64,
+        accept: impl Fn(&std::fs::Metadata) -> bool,
+    ) -> io::Result<Option<Vec<u8>>> {
         let fd = match openat(
             &self.fd,
             name,
@@ -182,7 +198,7 @@ impl Dir {
         };
         let mut file = File::from(fd);
         let meta = file.metadata()?;
-        if !meta.is_file() || meta.len() > limit {
+        if !meta.is_file() || meta.len() > limit || !accept(&meta) {
             return Ok(None);
         }
         let mut content = Vec::with_capacity(meta.len() as usize);

@@ -1,8 +1,10 @@
 //! `file:` sink — a token file on a (shared) volume, replaced atomically on every change.
 //!
 //! Next to each token file the sink keeps `.<name>.meta.json` (expiry, issue time and a
-//! SHA-256 of the token, never the token): on restart the agent reuses a still-valid token
-//! instead of fetching a new one, and the hash proves the file and the metadata belong together.
+//! SHA-256 of the token, never the token), with the token file's mode but always owned by the
+//! agent's user: on restart the agent reuses a still-valid token instead of fetching a new
+//! one, and the hash proves the file and the metadata belong together. Metadata another user
+//! owns is never believed (the agent also caps what it adopts, see `source_loop.rs`).
 
 mod mode;
 
@@ -261,8 +263,10 @@ impl FileSink {
             metadata: token.metadata.clone(),
         };
         let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        // The token file's mode (the hash is an offline guessing aid for weak tokens), but
+        // always the agent's own file: warm restarts believe no other owner's metadata.
         let meta_owner = Ownership {
-            mode: self.owner.mode | 0o444,
+            uid: None,
             ..self.owner
         };
         let meta_name = Self::meta_name(name);
@@ -299,7 +303,7 @@ impl FileSink {
     /// Before the first write of a file: refuses it when its metadata names another source
     /// (another agent, or another configuration, writes it); the file stays as it is.
     fn check_not_taken(&self, dir: &Dir, meta_name: &OsStr) -> Result<(), FileTaken> {
-        let meta = dir.read(meta_name, MAX_EXISTING).ok().flatten();
+        let meta = dir.read_own(meta_name, MAX_EXISTING).ok().flatten();
         let owner = meta.and_then(|m| serde_json::from_slice::<Meta>(&m).ok());
         match owner {
             Some(meta) if meta.source != self.source => Err(FileTaken {
@@ -359,8 +363,8 @@ impl FileSink {
         atomic::check_relative(&self.path).ok()?;
         let (sub, name) = atomic::split(&self.path);
         let dir = Dir::open(&self.dir, sub).ok()?;
-        let meta: Meta =
-            serde_json::from_slice(&dir.read(&Self::meta_name(name), MAX_EXISTING).ok()??).ok()?;
+        let meta = dir.read_own(&Self::meta_name(name), MAX_EXISTING).ok()??;
+        let meta: Meta = serde_json::from_slice(&meta).ok()?;
         let content = dir.read(name, MAX_EXISTING).ok()??;
         let value = self.format.read_token(&content, &self.env_name)?;
         if meta.source != self.source || fingerprint(value.as_bytes()) != meta.sha256 {
@@ -539,6 +543,24 @@ mod tests {
         per_tenant("orders").write_blocking(&token("o"), &tenant("t1")).unwrap();
         per_tenant("payments").remove_blocking(&tenant("t1")).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join("t1.token")).unwrap(), "o");
+    }
+
+    #[test]
+    fn metadata_has_the_token_mode_and_another_owners_is_not_believed() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let s = sink(dir.path(), Format::Raw);
+        s.write_blocking(&token("tok-1"), &single()).unwrap();
+        let meta = dir.path().join("a/.t.meta.json");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&meta), 0o440, "not world-readable: the hash aids offline guessing");
+        assert_eq!(mode(&meta), mode(&dir.path().join("a/t")));
+        assert!(s.load_existing_blocking().is_some());
+        if fs::metadata(&meta).unwrap().uid() == 0 {
+            // Root can hand the record to another user, as a planted one would be.
+            std::os::unix::fs::chown(&meta, Some(4321), None).unwrap();
+            assert!(s.load_existing_blocking().is_none(), "another user's record");
+        }
     }
 
     #[test]

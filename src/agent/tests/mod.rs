@@ -1,6 +1,7 @@
 //! Compiled only for tests: `#[cfg(test)] mod tests;` in agent/mod.rs.
 //! The scheduler under paused time: a scripted source stands in for a real one.
 
+mod adopt;
 mod liveness;
 mod places;
 mod scripted;
