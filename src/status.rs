@@ -25,6 +25,9 @@ pub struct SourceStatus {
     /// A bounded operation in progress: what, since when, and how long it may take.
     #[serde(skip)]
     pub busy: Option<Busy>,
+    /// The loop panicked (this many times) and is not running again yet.
+    #[serde(skip)]
+    pub panicked: Option<u32>,
 }
 
 /// A fetch or a sink write under way. Each has a bound (a fetch its HTTP timeout, a write a
@@ -144,6 +147,12 @@ impl Status {
         }
         let map = self.sources.read().unwrap_or_else(|p| p.into_inner());
         for s in map.values() {
+            if let Some(panics) = s.panicked {
+                return Err(format!(
+                    "source `{}`: its loop panicked ({panics} time(s)) and is not running",
+                    s.name
+                ));
+            }
             if let Some(b) = s.busy {
                 let took = now.duration_since(b.since);
                 if took > b.limit {

@@ -7,7 +7,8 @@
 //! (which sink writes which place), `state`
 //! (what a loop knows between wake-ups), `instances` (its tokens by tenant), `election`
 //! (leader election and the standby gate), `report` (typed events: log, metric and status in
-//! one call). The agent never names a kind: it talks to [`Source`] and [`Sink`] only.
+//! one call), `supervise` (restarting a loop that panicked). The agent never names a kind:
+//! it talks to [`Source`] and [`Sink`] only.
 
 mod deliver;
 mod election;
@@ -17,6 +18,7 @@ mod places;
 mod report;
 mod source_loop;
 mod state;
+mod supervise;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +33,7 @@ use tracing::{error, warn};
 
 use self::places::{Owner, Places};
 use self::source_loop::{LoopSink, SourceLoop};
+use self::supervise::Supervisor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::cause_chain;
@@ -270,15 +273,13 @@ impl Agent {
             let (context, kube, stop) = (self.context.clone(), self.kube.clone(), shutdown.clone());
             tasks.spawn(async move { election::elect(election, kube, context, stop).await });
         }
+        let mut supervisor = Supervisor::default();
         for source in loops {
-            let context = self.context.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { source.run(&context, shutdown).await });
+            let stop = shutdown.clone();
+            supervisor.start(&mut tasks, source, &self.context, stop, Duration::ZERO);
         }
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(e) = joined {
-                error!(error = %e, "a source loop ended abnormally");
-            }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            supervisor.ended(joined, &mut tasks, &self.context, &shutdown);
         }
     }
 

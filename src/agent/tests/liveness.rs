@@ -1,10 +1,11 @@
 //! `/healthz` from the scheduler's side: a fetch past its bound fails liveness, a wall-clock
-//! step does not (both are measured on the monotonic clock).
+//! step does not (both are measured on the monotonic clock), a panicked loop does until it is
+//! restarted.
 
 use std::time::Duration;
 
 use super::scripted::Scripted;
-use super::{SEC, agent, start};
+use super::{SEC, agent, read, start};
 use crate::observability::HEARTBEAT_PERIOD;
 
 #[tokio::test(start_paused = true)]
@@ -54,4 +55,32 @@ async fn a_fetch_stuck_past_its_bound_fails_liveness() {
         Ok(()),
         "the mark goes with the cancelled fetch"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_loop_is_reported_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Scripted::new([
+        (Duration::ZERO, Err("panic")),
+        (Duration::ZERO, Ok(100 * SEC)),
+    ]);
+    let (agent, _) = agent(dir.path(), std::slice::from_ref(&script));
+    let view = agent.observability();
+    let (stop, task) = start(agent);
+    tokio::time::sleep(SEC / 2).await;
+    assert_eq!(
+        view.liveness(),
+        Err("source `s0`: its loop panicked (1 time(s)) and is not running".into())
+    );
+    let metrics = view.metrics.encode();
+    assert!(
+        metrics.contains("token_agent_refresh_failures_total{reason=\"panic\",source=\"s0\"} 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(SEC).await; // restarted after 1 s
+    assert_eq!(view.liveness(), Ok(()));
+    assert_eq!(script.calls().len(), 2);
+    assert_eq!(read(dir.path(), "s0.token"), "token-2");
+    stop.send(true).unwrap();
+    task.await.unwrap();
 }

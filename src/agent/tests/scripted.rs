@@ -10,7 +10,8 @@ use crate::http::HttpError;
 use crate::source::{FetchError, Now, SingleTokenSource};
 use crate::token::Token;
 
-/// One scripted answer: after `delay`, a token living `Ok(lifetime)` or an error.
+/// One scripted answer: after `delay`, a token living `Ok(lifetime)` or an error (`"panic"`:
+/// a panic).
 pub type Step = (Duration, Result<Duration, &'static str>);
 
 #[derive(Clone, Default)]
@@ -56,6 +57,7 @@ impl SingleTokenSource for Scripted {
                     ),
                 })
             }
+            Err("panic") => panic!("a scripted bug"),
             Err(detail) => Err(HttpError::Status {
                 url: "scripted".into(),
                 status: 503,
