@@ -1,11 +1,13 @@
 //! Deserialization helpers shared by the configuration and the kinds' own settings (a leaf: it
 //! imports nothing of the crate).
 //!
-//! Lists of strings that tolerate unquoted YAML scalars (`command: [true]`, `[sleep, 5]`):
-//! inside a source, serde buffers values before typing them, so `true` or `5` would otherwise
-//! be refused as "not a string".
+//! - [`duration`]: every duration of the configuration, bounded to a year.
+//! - [`strings`]: lists of strings that tolerate unquoted YAML scalars (`command: [true]`,
+//!   `[sleep, 5]`): inside a source, serde buffers values before typing them, so `true` or `5`
+//!   would otherwise be refused as "not a string".
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
@@ -56,4 +58,53 @@ pub fn strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
         }
     }
     deserializer.deserialize_seq(ListVisitor)
+}
+
+/// Longest duration the configuration accepts. Anything longer is a typo (`500y` for `500s`),
+/// and the bound keeps every `SystemTime + Duration` and every conversion to an API's integer
+/// seconds in range.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// `#[serde(with = "crate::de::duration")]`: a humantime duration (`30s`, `5m`, `1h 30m`) of at
+/// most [`MAX_DURATION`], for `Duration` and `Option<Duration>` fields. Errors quote the text as
+/// written, so it can be found even where the location is only the enclosing source.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    use super::MAX_DURATION;
+
+    /// A duration field, optional or not.
+    pub trait Field: Sized {
+        fn from(text: Option<String>) -> Result<Self, String>;
+    }
+
+    impl Field for Duration {
+        fn from(text: Option<String>) -> Result<Self, String> {
+            parse(&text.ok_or("a duration is required, e.g. `30s` or `5m`")?)
+        }
+    }
+
+    impl Field for Option<Duration> {
+        fn from(text: Option<String>) -> Result<Self, String> {
+            text.as_deref().map(parse).transpose()
+        }
+    }
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        let d = humantime::parse_duration(text).map_err(|e| {
+            format!("expected a duration such as `30s`, `5m` or `1h`, found `{text}` ({e})")
+        })?;
+        if d > MAX_DURATION {
+            return Err(format!("`{text}` is longer than the limit of one year"));
+        }
+        Ok(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Field>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::from(Option::<String>::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
 }

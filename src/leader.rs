@@ -37,14 +37,14 @@ pub struct LeaderElectionConfig {
     /// Lease namespace (default: the agent's own).
     pub namespace: Option<String>,
     /// How long a Lease holds without renewal.
-    #[serde(default = "default_duration", with = "humantime_serde")]
+    #[serde(default = "default_duration", with = "crate::de::duration")]
     pub duration: Duration,
     /// How often the holder renews and candidates retry.
-    #[serde(default = "default_renew", with = "humantime_serde")]
+    #[serde(default = "default_renew", with = "crate::de::duration")]
     pub renew_every: Duration,
     /// How long the holder keeps leading without a successful renewal (default: two thirds
     /// of `duration`, client-go's 10 s of 15 s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub renew_deadline: Option<Duration>,
 }
 

@@ -85,10 +85,10 @@ pub struct RefreshConfig {
     /// (default 10%).
     pub jitter: Option<Percent>,
     /// Never refresh more often than this (default 10s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub min_interval: Option<Duration>,
     /// Never wait longer than this (default 24h).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub max_interval: Option<Duration>,
 }
 
@@ -97,10 +97,10 @@ pub struct RefreshConfig {
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First delay (default 1s); it doubles on each failure.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub initial: Option<Duration>,
     /// Largest delay (default 5m).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub max: Option<Duration>,
 }
 
@@ -109,7 +109,7 @@ pub struct RetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Per-request timeout, connect included (default 10s).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub timeout: Option<Duration>,
     /// Extra PEM CA bundle trusted in addition to the system roots.
     pub ca_file: Option<PathBuf>,

@@ -238,6 +238,25 @@ fn error_table() {
             "greater than zero",
         ),
         (
+            // `now + ttl` would panic; the bound refuses it where it is written.
+            with(
+                "    client_id: a\n",
+                "    client_id: a\n    ttl: 18446744073709551615s\n",
+            ),
+            "sources[0]",
+            (2, 5),
+            "`18446744073709551615s` is longer than the limit of one year",
+        ),
+        (
+            format!(
+                "defaults:\n  refresh: {{ max_interval: 500y }}\n{}",
+                src("")
+            ),
+            "defaults.refresh.max_interval",
+            (2, 28),
+            "`500y` is longer than the limit of one year",
+        ),
+        (
             with(
                 "      - file: { path: a.token }\n",
                 "      - file: { path: ../a.token }\n",

@@ -56,7 +56,7 @@ pub struct ExecConfig {
     pub command: Vec<String>,
     #[serde(default)]
     pub shell: bool,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "crate::de::duration")]
     pub timeout: Duration,
     /// Plain environment variables for the command.
     #[serde(default)]
@@ -69,7 +69,7 @@ pub struct ExecConfig {
     /// How stdout is read (`format: text` for a bare token).
     #[serde(default)]
     pub response: ResponseMapping,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub ttl: Option<Duration>,
 }
 

@@ -36,7 +36,7 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     pub response: ResponseMapping,
     /// Lifetime to assume when the answer and the token carry no expiry.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub ttl: Option<Duration>,
 }
 

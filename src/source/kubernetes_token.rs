@@ -32,7 +32,7 @@ pub struct KubernetesTokenConfig {
     #[serde(default, deserialize_with = "crate::de::strings")]
     pub audiences: Vec<String>,
     /// Requested lifetime (at least 10m; the server may shorten it).
-    #[serde(default = "default_expiration", with = "humantime_serde")]
+    #[serde(default = "default_expiration", with = "crate::de::duration")]
     pub expiration: Duration,
 }
 
@@ -103,7 +103,7 @@ impl SingleTokenSource for KubernetesTokenSource {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: c.audiences.clone(),
-                expiration_seconds: Some(c.expiration.as_secs() as i64),
+                expiration_seconds: Some(i64::try_from(c.expiration.as_secs()).unwrap_or(i64::MAX)),
                 bound_object_ref: None,
             },
             ..Default::default()

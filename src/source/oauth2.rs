@@ -54,7 +54,7 @@ pub struct OAuth2Config {
     #[serde(default)]
     pub response: ResponseMapping,
     /// Lifetime to assume when the response and the token carry no expiry.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::de::duration")]
     pub ttl: Option<Duration>,
 }
 

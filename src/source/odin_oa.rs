@@ -37,7 +37,7 @@ pub struct OdinOaConfig {
     /// Subscription context (omitted when not set; 0 means none).
     pub subscription_id: Option<i64>,
     /// Token lifetime to assume (the token carries none).
-    #[serde(default = "default_ttl", with = "humantime_serde")]
+    #[serde(default = "default_ttl", with = "crate::de::duration")]
     pub ttl: Duration,
 }
 
@@ -193,7 +193,8 @@ impl SingleTokenSource for OdinOaSource {
             .ok_or_else(|| invalid("no `result.aps_token`".into()))?;
         check_token_text(value).map_err(invalid)?;
         let issued = now();
-        let mut token = Token::new(value.into(), "APS-Token".into(), issued, issued + c.ttl);
+        let expires = issued.checked_add(c.ttl).unwrap_or(issued); // ttl ≤ 1 year: never
+        let mut token = Token::new(value.into(), "APS-Token".into(), issued, expires);
         if let Some(uri) = result.member("controller_uri").and_then(Value::as_str) {
             token
                 .metadata

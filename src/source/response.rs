@@ -118,7 +118,7 @@ fn token_from_text(
         .trim();
     check_token_text(value).map_err(invalid)?;
     let expires_at = jwt::expiry(value)
-        .or_else(|| ttl.map(|t| now + t))
+        .or_else(|| ttl.and_then(|t| now.checked_add(t)))
         .ok_or_else(|| {
             invalid(
                 "no expiry: the token is not a JWT with `exp` and no `ttl` is configured".into(),
@@ -157,7 +157,7 @@ pub fn token_from_json(
     let expires_at = expiry_from_json(&json, mapping, now).map_err(invalid)?;
     let expires_at = expires_at
         .or_else(|| jwt::expiry(value))
-        .or_else(|| ttl.map(|t| now + t))
+        .or_else(|| ttl.and_then(|t| now.checked_add(t)))
         .ok_or_else(|| {
             invalid(format!(
                 "no expiry: nothing at `{}` or `{}`, the token is not a JWT with `exp`, and no `ttl` is configured",
@@ -218,7 +218,7 @@ fn expiry_from_json(
         if !(0.0..=1e10).contains(&secs) {
             return Err(format!("`{}` is out of range", mapping.expires_in));
         }
-        return Ok(Some(now + Duration::from_secs_f64(secs)));
+        return Ok(now.checked_add(Duration::from_secs_f64(secs)));
     }
     if let Some(v) = json.pointer(&mapping.expires_at).filter(|v| !v.is_null()) {
         if let Some(secs) = number(v).filter(|s| (0.0..=1e11).contains(s)) {
