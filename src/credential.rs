@@ -34,6 +34,8 @@ pub enum CredentialError {
     Env { name: String },
     #[error("environment variable {name} is empty")]
     EmptyEnv { name: String },
+    #[error("{field}: the credential is not usable there ({why})")]
+    Unusable { field: String, why: &'static str },
 }
 
 impl CredentialRef {
@@ -69,6 +71,26 @@ impl CredentialRef {
     }
 }
 
+/// Whether a header or parameter name says its value is a credential (`Authorization`,
+/// `X-Api-Key`, `client_assertion`, `password`, …): a literal value under such a name counts as
+/// a secret written in the config.
+pub fn names_a_secret(name: &str) -> bool {
+    const HINTS: [&str; 10] = [
+        "auth",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "key",
+        "assertion",
+        "cookie",
+        "credential",
+        "signature",
+    ];
+    let name = name.to_ascii_lowercase();
+    HINTS.iter().any(|hint| name.contains(hint))
+}
+
 fn strip_one_newline(s: &str) -> &str {
     s.strip_suffix("\r\n")
         .or_else(|| s.strip_suffix('\n'))
@@ -101,6 +123,23 @@ impl<'de> Deserialize<'de> for CredentialRef {
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<CredentialRef, E> {
                 Ok(CredentialRef::Inline(v.to_owned()))
+            }
+
+            // Unquoted scalars (`X-Version: 2`, `debug: true`) are literal text too.
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Inline(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Inline(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Inline(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Inline(v.to_string()))
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CredentialRef, A::Error> {

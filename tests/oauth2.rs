@@ -340,3 +340,79 @@ async fn a_url_query_string_never_reaches_an_error() {
         Some("api_key=SENTINEL-QUERY")
     );
 }
+
+#[tokio::test]
+async fn extra_headers_and_params_take_credentials_from_files_and_never_echo_them() {
+    // An issuer that refuses and echoes what it got, as some do.
+    let mock = Mock::start(|r| {
+        let echo = format!(
+            "bad request: key={} assertion={}",
+            r.header("x-api-key").unwrap_or_default(),
+            r.form_value("client_assertion").unwrap_or_default()
+        );
+        Reply::text(400, &echo)
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = secret_file(tmp.path(), "key", "HEADER-SENTINEL-1\n");
+    let assertion = secret_file(tmp.path(), "assertion", "PARAM-SENTINEL-2\n");
+    let extra = format!(
+        "    auth: none\n    params: {{ tenant: acme, client_assertion: {{ file: '{assertion}' }} }}\n    headers: {{ X-Api-Key: {{ file: '{key}' }}, X-Version: 2 }}\n"
+    );
+    let (r, _) = run(&source(&mock.url("/t"), &extra)).await;
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("bad request: key=<redacted> assertion=<redacted>"),
+        "{err}"
+    );
+    let request = &mock.requests()[0];
+    assert_eq!(request.header("x-api-key"), Some("HEADER-SENTINEL-1"));
+    assert_eq!(request.header("x-version"), Some("2"));
+    assert_eq!(
+        request.form_value("client_assertion").as_deref(),
+        Some("PARAM-SENTINEL-2")
+    );
+    assert_eq!(request.form_value("tenant").as_deref(), Some("acme"));
+}
+
+#[test]
+fn a_literal_credential_in_headers_or_params_is_an_inline_secret() {
+    let yaml = |extra: &str| {
+        format!(
+            "sources:\n  - name: s\n    kind: oauth2\n    token_url: https://x/t\n    auth: none\n{extra}    sinks: [ {{ file: {{ path: s.token }} }} ]\n"
+        )
+    };
+    for (extra, field) in [
+        (
+            "    headers: { Authorization: Bearer abc }\n",
+            "sources[0].headers.Authorization",
+        ),
+        (
+            "    headers: { X-Api-Key: abc }\n",
+            "sources[0].headers.X-Api-Key",
+        ),
+        (
+            "    params: { client_assertion: eyJ }\n",
+            "sources[0].params.client_assertion",
+        ),
+        (
+            "    params: { password: p }\n",
+            "sources[0].params.password",
+        ),
+    ] {
+        let err = token_agent::config::Config::parse(&yaml(extra), std::path::Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{field}: credential written in the config")),
+            "{err}"
+        );
+    }
+    for extra in [
+        "    headers: { X-Api-Key: { env: KEY } }\n",
+        "    params: { tenant: acme, client_assertion: { file: /run/a } }\n    headers: { X-Request-Source: token-agent }\n",
+    ] {
+        token_agent::config::Config::parse(&yaml(extra), std::path::Path::new("c.yaml"))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"));
+    }
+}

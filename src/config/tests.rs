@@ -357,8 +357,9 @@ fn yaml_1_2_scalars_stay_strings() {
     let crate::source::SourceSpec::OAuth2(o) = &c.sources[0].spec else {
         panic!("oauth2")
     };
-    assert_eq!(o.headers.get("X-On").map(String::as_str), Some("yes"));
-    assert_eq!(o.headers.get("X-Off").map(String::as_str), Some("no"));
+    let inline = |v: &str| Some(crate::credential::CredentialRef::Inline(v.into()));
+    assert_eq!(o.headers.get("X-On").cloned(), inline("yes"));
+    assert_eq!(o.headers.get("X-Off").cloned(), inline("no"));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::response::{self, ResponseMapping};
 use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
-use crate::credential::CredentialRef;
+use crate::credential::{CredentialError, CredentialRef, names_a_secret};
 use crate::http;
 use crate::redact::url_for_display;
 use crate::token::Token;
@@ -41,12 +41,13 @@ pub struct OAuth2Config {
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub resource: Option<String>,
-    /// Extra body parameters, sent alongside (never instead of) the ones above.
+    /// Extra body parameters, sent alongside (never instead of) the ones above: literal, or
+    /// `{ file: … }` / `{ env: … }` for credentials (read on every fetch).
     #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    /// Extra request headers.
+    pub params: BTreeMap<String, CredentialRef>,
+    /// Extra request headers, literal or `{ file: … }` / `{ env: … }`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, CredentialRef>,
     /// Request body encoding.
     #[serde(default)]
     pub body: BodyEncoding,
@@ -117,7 +118,15 @@ impl SourceKind for OAuth2Config {
                 format!("`{key}` is set by the agent; use the source's own `{key}`/`auth` fields"),
             ));
         }
-        for name in self.headers.keys() {
+        for (name, value) in &self.headers {
+            if let CredentialRef::Inline(text) = value
+                && reqwest::header::HeaderValue::from_str(text).is_err()
+            {
+                problems.push((
+                    format!("headers.{name}"),
+                    "not a valid HTTP header value (control characters?)".into(),
+                ));
+            }
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.push((
                     format!("headers.{name}"),
@@ -139,11 +148,16 @@ impl SourceKind for OAuth2Config {
         problems
     }
 
+    /// The client secret written in the YAML, and literal headers or params whose name says
+    /// they carry a credential (`headers.Authorization`, `params.client_assertion`).
     fn inline_secrets(&self) -> Vec<String> {
-        match &self.client_secret {
-            Some(s) if s.is_inline() => vec!["client_secret".into()],
-            _ => vec![],
+        let secret = self.client_secret.iter().filter(|s| s.is_inline());
+        let mut fields: Vec<String> = secret.map(|_| "client_secret".into()).collect();
+        for (kind, map) in [("headers", &self.headers), ("params", &self.params)] {
+            let literal = map.iter().filter(|(name, v)| v.is_inline() && names_a_secret(name));
+            fields.extend(literal.map(|(name, _)| format!("{kind}.{name}")));
         }
+        fields
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Source>, BuildError> {
@@ -186,6 +200,8 @@ impl SingleTokenSource for OAuth2Source {
         let client_id = c.client_id.as_ref().map(CredentialRef::load).transpose()?;
         let client_secret = c.client_secret.as_ref().map(CredentialRef::load).transpose()?;
 
+        let extra_params = load_all(&c.params)?;
+        let extra_headers = load_all(&c.headers)?;
         let mut params: Vec<(&str, &str)> = vec![("grant_type", c.grant_type.as_str())];
         for (key, value) in [
             ("scope", &c.scope),
@@ -196,7 +212,7 @@ impl SingleTokenSource for OAuth2Source {
                 params.push((key, v.as_str()));
             }
         }
-        params.extend(c.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        params.extend(extra_params.iter().map(|(k, v)| (*k, v.expose_secret())));
         if c.auth == ClientAuth::Post
             && let (Some(id), Some(secret)) = (&client_id, &client_secret)
         {
@@ -217,19 +233,37 @@ impl SingleTokenSource for OAuth2Source {
         {
             request = request.header(reqwest::header::AUTHORIZATION, header);
         }
-        for (name, value) in &c.headers {
-            request = request.header(name.as_str(), value.as_str());
+        for (name, value) in &extra_headers {
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose_secret())
+                .map_err(|_| CredentialError::Unusable {
+                    field: format!("headers.{name}"),
+                    why: "not a valid HTTP header value",
+                })?;
+            value.set_sensitive(true);
+            request = request.header(*name, value);
         }
 
         let reply = http::send(request, &self.display_url, self.timeout).await?;
+        // Everything that may be a credential is scrubbed from what the issuer answers.
+        let extra = extra_params.iter().chain(&extra_headers).map(|(_, v)| v);
         let secrets: Vec<&str> = [&client_id, &client_secret]
             .into_iter()
             .flatten()
+            .chain(extra)
             .map(|s| s.expose_secret())
             .collect();
         let reply = reply.success(&self.display_url, &secrets)?;
         response::token_from_body(&reply.body, &c.response, c.ttl, now(), &self.display_url)
     }
+}
+
+/// The current value of each extra header or parameter (files and variables are read now).
+fn load_all(
+    map: &BTreeMap<String, CredentialRef>,
+) -> Result<Vec<(&str, SecretString)>, CredentialError> {
+    map.iter()
+        .map(|(name, value)| Ok((name.as_str(), value.load()?)))
+        .collect()
 }
 
 /// The `Authorization` header value for basic methods; `None` for the others.
