@@ -10,8 +10,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::observability::Observability;
 
@@ -60,18 +63,72 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `shutdown` turns true.
+/// Longest a client may take to send its request headers (slow-loris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest one connection may stay open, kept alive or not.
+pub const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Connections served at once; more wait in the listen backlog. Probes and scrapes need a
+/// handful: a flood cannot take the agent's memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Grace period for open connections after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` turns true: HTTP/1.1, each connection bounded by
+/// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIMIT`], at most [`MAX_CONNECTIONS`] at once.
+///
+/// hyper's own connection builder rather than `axum::serve`, which sets no timer and so no
+/// header-read timeout, and has no connection cap.
 pub async fn serve(
     listener: TcpListener,
     view: Arc<Observability>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(view))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+    let service = TowerToHyperService::new(router(view));
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Ok(()), // never closed
+            },
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let (service, mut stop) = (service.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIMIT) => {}
+                _ = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+                }
+            }
+        });
+    }
 }
 
-/// Grace period for open connections after shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Until `shutdown` turns true (the guard `wait_for` returns is not `Send`: dropped here).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

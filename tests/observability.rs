@@ -311,3 +311,63 @@ async fn malformed_requests_get_plain_errors() {
     );
     agent.stop();
 }
+
+/// Slow-loris and connection floods: a client that never finishes its headers is cut off
+/// after the header-read timeout, and connections beyond the cap wait instead of being
+/// served (or eating descriptors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_excess_connections_are_bounded() {
+    use token_agent::server;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let view = Arc::new(token_agent::observability::Observability::new(
+        token_agent::clock::Clock::system(),
+    ));
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(listener, view, shutdown));
+
+    // Every permitted connection stalls half-way through its headers.
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..server::MAX_CONNECTIONS {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    // One more, complete request: it waits while the others hold every permit.
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let early = tokio::time::timeout(Duration::from_secs(1), late.read_to_end(&mut answer)).await;
+    assert!(
+        early.is_err(),
+        "served beyond the cap: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The stalled ones are closed by the header-read timeout (with a 408 or nothing at all)…
+    let mut first = stalled.remove(0);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), first.read_to_end(&mut rest))
+        .await
+        .expect("a stalled client is cut off")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= server::HEADER_READ_TIMEOUT - Duration::from_millis(500),
+        "{took:?}"
+    );
+    // …which frees the permits, and the waiting request is answered.
+    tokio::time::timeout(Duration::from_secs(15), late.read_to_end(&mut answer))
+        .await
+        .expect("the waiting request is served once permits are free")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+}
