@@ -117,6 +117,9 @@ pub struct HttpConfig {
     pub client_cert: Option<PathBuf>,
     /// PEM private key for `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// Refuse plain `http://` endpoints on other hosts (default true; loopback is always
+    /// allowed). `false` allows them with a warning at `validate` and at start.
+    pub require_https: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +223,11 @@ impl RetryConfig {
 }
 
 impl HttpConfig {
+    /// `require_https` with `base` (the defaults) applied.
+    pub fn requires_https(&self, base: &HttpConfig) -> bool {
+        self.require_https.or(base.require_https).unwrap_or(true)
+    }
+
     pub fn resolve(&self, base: &HttpConfig) -> HttpSettings {
         HttpSettings {
             timeout: self

@@ -462,3 +462,48 @@ fn state_lives_outside_the_token_directory_unless_told_and_then_a_warning_says_s
         c.warnings()
     );
 }
+
+#[test]
+fn plain_http_to_another_host_is_refused_unless_allowed_and_then_warned_about() {
+    let with_url = |url: &str, extra: &str| {
+        format!(
+            "{extra}sources:\n{}",
+            GOOD_SOURCE.replace("https://idp.example.com/token", url)
+        )
+    };
+    let all = errors(&with_url("http://idp.example.com/token?key=SENTINEL", ""));
+    let e = all
+        .iter()
+        .find(|e| e.path == "sources[0].token_url")
+        .unwrap_or_else(|| panic!("{all:#?}"));
+    assert!(
+        e.message
+            .contains("`http://idp.example.com/token` sends tokens and credentials in clear text"),
+        "{e}"
+    );
+    assert!(
+        !e.message.contains("SENTINEL"),
+        "no query string in messages: {e}"
+    );
+    // Loopback is this machine: allowed.
+    for url in [
+        "http://127.0.0.1:8080/t",
+        "http://localhost/t",
+        "http://[::1]/t",
+    ] {
+        let c = Config::parse(&with_url(url, ""), Path::new("c.yaml")).unwrap();
+        assert!(c.warnings().is_empty(), "{url}: {:?}", c.warnings());
+    }
+    // Allowed on purpose: a warning instead, at `validate` and at start.
+    let allowed = with_url(
+        "http://idp.example.com/token",
+        "defaults:\n  http: { require_https: false }\n",
+    );
+    let c = Config::parse(&allowed, Path::new("c.yaml")).unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "source `a`: token_url `http://idp.example.com/token` sends tokens and credentials in clear text (require_https: false)"
+        ]
+    );
+}

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::overlap::common_place;
 use super::{Config, HttpConfig, RefreshConfig, RetryConfig};
+use crate::http::is_cleartext_remote;
 use crate::names::check_source_name;
+use crate::redact::url_for_display;
 use crate::sink::{TENANT, place};
 
 /// What `validate` says of a credential written in the YAML.
@@ -82,6 +84,17 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
         for (field, message) in kind.check() {
             push(format!("{at}.{field}"), message);
         }
+        if source.http.requires_https(&config.defaults.http) {
+            for (field, url) in cleartext_endpoints(source) {
+                push(
+                    format!("{at}.{field}"),
+                    format!(
+                        "`{}` sends tokens and credentials in clear text to another host: use https, or set `http.require_https: false` (a warning then)",
+                        display(url)
+                    ),
+                );
+            }
+        }
         if !config.allow_inline_secrets {
             for field in kind.inline_secrets() {
                 push(format!("{at}.{field}"), INLINE_SECRET.into());
@@ -138,6 +151,17 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
                 })
             })
             .collect();
+    for source in &config.sources {
+        if !source.http.requires_https(&config.defaults.http) {
+            for (field, url) in cleartext_endpoints(source) {
+                warnings.push(format!(
+                    "source `{}`: {field} `{}` sends tokens and credentials in clear text (require_https: false)",
+                    source.name,
+                    display(url)
+                ));
+            }
+        }
+    }
     let (state, tokens) = (config.state_dir(), &config.defaults.file.dir);
     if state.starts_with(tokens) {
         warnings.push(format!(
@@ -231,4 +255,27 @@ impl Targets {
         self.patterns.push((target, at));
         clash
     }
+}
+
+/// The endpoints of a source and its sinks that are plain `http://` to another host, with the
+/// field (relative to the source) that names each.
+fn cleartext_endpoints(source: &super::SourceConfig) -> Vec<(String, &str)> {
+    let own = source
+        .spec
+        .kind()
+        .remote_endpoint()
+        .map(|(f, u)| (f.to_owned(), u));
+    let sinks = source.sinks.iter().enumerate().filter_map(|(j, entry)| {
+        let (field, url) = entry.kind().remote_endpoint()?;
+        Some((format!("sinks[{j}].{}.{field}", entry.name()), url))
+    });
+    own.into_iter()
+        .chain(sinks)
+        .filter(|(_, url)| is_cleartext_remote(url))
+        .collect()
+}
+
+/// A URL as messages show it: without user info or query (either may hold a credential).
+fn display(url: &str) -> String {
+    url::Url::parse(url).map_or_else(|_| url.to_owned(), |u| url_for_display(&u))
 }

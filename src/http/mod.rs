@@ -49,6 +49,21 @@ pub fn http_url(text: &str) -> Result<url::Url, UrlError> {
     }
 }
 
+/// Whether `text` is a plain `http://` URL to a host other than this machine: tokens and
+/// credentials would cross the network in clear text.
+pub fn is_cleartext_remote(text: &str) -> bool {
+    let Ok(url) = url::Url::parse(text) else {
+        return false; // not a URL: `check` says so
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    url.scheme() == "http" && !loopback
+}
+
 /// A response read in full (up to [`MAX_RESPONSE_BYTES`]).
 pub struct Reply {
     pub status: u16,

@@ -68,6 +68,10 @@ pub struct Property {
 }
 
 impl SinkKind for ApiPortalConfig {
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        Some(("url", &self.url))
+    }
+
     fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if http::http_url(&self.url).is_err() {

@@ -64,6 +64,12 @@ pub trait SinkKind {
         Vec::new()
     }
 
+    /// The field and URL the sink sends tokens and credentials to, so that `validate` refuses
+    /// plain `http://` to another host (unless `http.require_https: false`).
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+
     /// Whether the sink's location contains `{tenant}` (one place per instance).
     fn is_per_instance(&self) -> bool;
 

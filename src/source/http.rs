@@ -82,6 +82,10 @@ impl HttpSourceConfig {
 }
 
 impl SourceKind for HttpSourceConfig {
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        Some(("url", &self.url))
+    }
+
     fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if !METHODS.contains(&self.method.as_str()) {

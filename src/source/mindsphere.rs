@@ -118,6 +118,10 @@ impl SourceKind for MindSphereConfig {
         self.on_removed == OnRemoved::Delete
     }
 
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        Some(("base_url", &self.base_url))
+    }
+
     fn check(&self) -> Problems {
         let mut problems = Vec::new();
         let modes = [

@@ -50,6 +50,12 @@ pub trait SourceKind {
         Vec::new()
     }
 
+    /// The field and URL the source sends credentials to and gets tokens from, so that
+    /// `validate` refuses plain `http://` to another host (unless `http.require_https: false`).
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+
     /// Whether the source yields one token per instance (tenant), so that each sink naming one
     /// place must put `{tenant}` in it.
     fn is_multi_instance(&self) -> bool {

@@ -89,6 +89,10 @@ pub enum BodyEncoding {
 }
 
 impl SourceKind for OAuth2Config {
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        Some(("token_url", &self.token_url))
+    }
+
     fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if let Err(e) = http::http_url(&self.token_url) {

@@ -64,6 +64,10 @@ impl OdinOaConfig {
 }
 
 impl SourceKind for OdinOaConfig {
+    fn remote_endpoint(&self) -> Option<(&'static str, &str)> {
+        Some(("url", &self.url))
+    }
+
     fn check(&self) -> Problems {
         let mut problems = Vec::new();
         if let Err(message) = self.endpoint() {
