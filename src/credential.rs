@@ -72,8 +72,9 @@ impl CredentialRef {
 }
 
 /// Whether a header or parameter name says its value is a credential (`Authorization`,
-/// `X-Api-Key`, `client_assertion`, `password`, …): a literal value under such a name counts as
-/// a secret written in the config.
+/// `X-Api-Key`, `client_assertion`, `subject_token`, `password`, …): a literal value under such
+/// a name counts as a secret written in the config. Names of a type (`subject_token_type`,
+/// `token_type_hint`) do not.
 pub fn names_a_secret(name: &str) -> bool {
     const HINTS: [&str; 10] = [
         "auth",
@@ -88,7 +89,9 @@ pub fn names_a_secret(name: &str) -> bool {
         "signature",
     ];
     let name = name.to_ascii_lowercase();
-    HINTS.iter().any(|hint| name.contains(hint))
+    // `subject_token_type`, `client_assertion_type`, `token_type_hint` name a kind, not a value.
+    let names_a_kind = name.ends_with("type") || name.ends_with("type_hint");
+    !names_a_kind && HINTS.iter().any(|hint| name.contains(hint))
 }
 
 fn strip_one_newline(s: &str) -> &str {
@@ -195,6 +198,28 @@ mod tests {
             .load()
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/cred"), "{err}");
+    }
+
+    #[test]
+    fn credential_names_but_not_type_names() {
+        for name in [
+            "Authorization",
+            "X-Api-Key",
+            "client_assertion",
+            "subject_token",
+            "PASSWORD",
+        ] {
+            assert!(names_a_secret(name), "{name}");
+        }
+        for name in [
+            "tenant",
+            "subject_token_type",
+            "client_assertion_type",
+            "token_type_hint",
+            "X-Request-Source",
+        ] {
+            assert!(!names_a_secret(name), "{name}");
+        }
     }
 
     #[test]

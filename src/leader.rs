@@ -72,9 +72,17 @@ impl Default for LeaderElectionConfig {
 }
 
 impl LeaderElectionConfig {
-    /// `renew_deadline`, or its default.
+    /// `renew_deadline`, or its default: two thirds of `duration`, or halfway between
+    /// `renew_every` and `duration` when that is not longer than `renew_every`.
     pub fn deadline(&self) -> Duration {
-        self.renew_deadline.unwrap_or(self.duration * 2 / 3)
+        self.renew_deadline.unwrap_or_else(|| {
+            let two_thirds = self.duration * 2 / 3;
+            if two_thirds > self.renew_every {
+                two_thirds
+            } else {
+                (self.renew_every + self.duration) / 2
+            }
+        })
     }
 
     pub fn check(&self) -> Vec<(String, String)> {
@@ -291,8 +299,13 @@ impl Elector {
             if !leading {
                 last_renewal = None;
             }
+            // A leader wakes no later than its deadline: the round then has no budget left and
+            // steps down at once, rather than leading on through a whole `renew_every`.
+            let wake = last_renewal.map_or(renew_every, |t| {
+                renew_every.min((t + self.deadline).saturating_duration_since(Instant::now()))
+            });
             tokio::select! {
-                _ = tokio::time::sleep(renew_every) => {}
+                _ = tokio::time::sleep(wake) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }

@@ -76,8 +76,9 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// Grace period for open connections after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown` turns true: HTTP/1.1, each connection bounded by
-/// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIMIT`], at most [`MAX_CONNECTIONS`] at once.
+/// Serves until `shutdown` turns true, then waits for open connections to finish: HTTP/1.1, one
+/// request per connection, each bounded by [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIMIT`], at
+/// most [`MAX_CONNECTIONS`] at once.
 ///
 /// hyper's own connection builder rather than `axum::serve`, which sets no timer and so no
 /// header-read timeout, and has no connection cap.
@@ -94,7 +95,7 @@ pub async fn serve(
                 Ok(permit) => permit,
                 Err(_) => return Ok(()), // never closed
             },
-            _ = stopped(&mut shutdown) => return Ok(()),
+            _ = stopped(&mut shutdown) => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -106,14 +107,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => return Ok(()),
+            _ = stopped(&mut shutdown) => break,
         };
         let (service, mut stop) = (service.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // One request per connection: probes and scrapes gain nothing from keep-alive, and
+            // a client cannot hold a slot between its requests.
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
@@ -126,6 +130,9 @@ pub async fn serve(
             }
         });
     }
+    // Until every open connection is done (each within its own grace).
+    let _ = permits.acquire_many(MAX_CONNECTIONS as u32).await;
+    Ok(())
 }
 
 /// Until `shutdown` turns true (the guard `wait_for` returns is not `Send`: dropped here).

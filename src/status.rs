@@ -137,8 +137,9 @@ impl Status {
         }
     }
 
-    /// `Ok` while the heartbeat is more recent than `max_age` and no operation has outlived its
-    /// bound; otherwise why not (names a source and an operation, never a secret).
+    /// `Ok` while the heartbeat is more recent than `max_age`, no source loop is down after a
+    /// panic and no operation has outlived its bound; otherwise why not (names a source and an
+    /// operation, never a secret).
     pub fn liveness(&self, max_age: Duration) -> Result<(), String> {
         let now = Instant::now();
         let last = *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());

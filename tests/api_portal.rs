@@ -465,3 +465,26 @@ async fn an_unreachable_portal_at_start_does_not_hold_liveness_back() {
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_unwritable_state_dir_stops_the_agent_before_any_portal_entry() {
+    let s = setup(600).await;
+    let config = s.config(&["weather"], "portal-password");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("state_dir: '{}'", s.dir.path().join("state").display()),
+        "state_dir: '/dev/null/state'",
+    );
+    let parsed = Config::parse(&text, &config).unwrap();
+    let err = match Agent::build(&parsed, Clock::system()) {
+        Ok(_) => panic!("built with an unwritable state_dir"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("source `weather`: state_dir /dev/null/state is not writable"),
+        "{err}"
+    );
+    assert!(
+        methods(&s.mock).is_empty(),
+        "nothing was sent to the portal"
+    );
+}

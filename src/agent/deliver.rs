@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 use super::LoopContext;
 use super::places::Owner;
 use super::report::{InstanceRemoval, Published, SinkWrite};
-use super::source_loop::{LoopSink, SourceLoop};
+use super::source_loop::SourceLoop;
 use super::state::LoopState;
-use crate::sink::TENANT;
 
 /// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
 const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
@@ -34,10 +33,9 @@ impl SourceLoop {
                     continue;
                 }
                 let started = tokio::time::Instant::now();
-                let claimed = to.tenant_place.as_deref().map(|place| {
-                    let place = place.replace(TENANT, key.as_str());
-                    context.places.claim(&place, &self.owner(index))
-                });
+                let claimed = to
+                    .place_of(key)
+                    .map(|place| context.places.claim(&place, &self.owner(index)));
                 let result = match claimed {
                     Some(Err(taken)) => Err(taken.into()),
                     _ => {
@@ -58,19 +56,14 @@ impl SourceLoop {
         }
         let mut still = Vec::new();
         for (key, index) in std::mem::take(&mut state.removals) {
-            let LoopSink {
-                sink,
-                label,
-                tenant_place,
-            } = &self.sinks[index];
-            let result = sink.remove(&key).await;
+            let to = &self.sinks[index];
+            let result = to.sink.remove(&key).await;
             report.emit(InstanceRemoval {
-                label,
+                label: &to.label,
                 instance: &key,
                 result: &result,
             });
-            if let (Ok(()), Some(place)) = (&result, tenant_place) {
-                let place = place.replace(TENANT, key.as_str());
+            if let (Ok(()), Some(place)) = (&result, to.place_of(&key)) {
                 context.places.release(&place, &self.owner(index));
             }
             if result.is_err() {

@@ -12,8 +12,9 @@ use super::report::{Adopted, ClockWentBack, Reporter, Stopped};
 use super::state::LoopState;
 use crate::config::{RefreshPolicy, RetryPolicy};
 use crate::metrics::SourceMetrics;
+use crate::names::InstanceId;
 use crate::schedule::refresh_delay;
-use crate::sink::Sink;
+use crate::sink::{Sink, TENANT};
 use crate::source::{Source, jwt};
 use crate::token::Token;
 
@@ -47,6 +48,14 @@ pub(super) struct LoopSink {
     /// The place it writes with `{tenant}` in it, claimed before each tenant's first write
     /// (see `places.rs`); `None` for a sink that names one place or none.
     pub tenant_place: Option<Box<str>>,
+}
+
+impl LoopSink {
+    /// The place this sink writes for tenant `instance`, if it picks its place by tenant.
+    pub fn place_of(&self, instance: &InstanceId) -> Option<String> {
+        let pattern = self.tenant_place.as_deref()?;
+        Some(pattern.replace(TENANT, instance.as_str()))
+    }
 }
 
 impl SourceLoop {

@@ -3,8 +3,8 @@
 //!
 //! A panicked loop counts under `token_agent_refresh_failures_total{reason="panic"}` and makes
 //! `/healthz` 503 (naming the source) until it runs again, after 1, 2, 4, 8, 16 s. After
-//! [`MAX_RESTARTS`] panics it stays down and `/healthz` stays 503, so the kubelet restarts the
-//! agent.
+//! [`MAX_RESTARTS`] restarts, the next panic leaves it down and `/healthz` stays 503, so the
+//! kubelet restarts the agent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tracing::error;
 use super::source_loop::SourceLoop;
 use super::{LOG_TARGET, LoopContext};
 
-/// Panics of one source's loop before it is left down.
+/// Restarts of one source's loop; the panic after the last one leaves it down.
 const MAX_RESTARTS: u32 = 5;
 
 /// The source loops among the agent's tasks, by task id, and how often each panicked.

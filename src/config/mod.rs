@@ -29,11 +29,11 @@ use crate::source::SourceSpec;
 /// Largest configuration file accepted (a typo'd path to a big file fails fast).
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The whole configuration file.
 /// Where state lives unless `state_dir` says otherwise: not in the token volume, which the
 /// apps mount (and can often write), so a planted state file cannot steer a DELETE.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/token-agent";
 
+/// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -507,3 +507,20 @@ fn plain_http_to_another_host_is_refused_unless_allowed_and_then_warned_about() 
         ]
     );
 }
+
+#[test]
+fn a_leader_only_source_with_file_sinks_is_warned_about_under_election() {
+    let source = GOOD_SOURCE.replace(
+        "      - file: { path: a.token }\n",
+        "      - file: { path: a.token }\n      - secret: { name: a-token }\n",
+    );
+    let c = Config::parse(&format!("sources:\n{source}"), Path::new("c.yaml")).unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let elected = format!("leader_election: {{ enabled: true }}\nsources:\n{source}");
+    let c = Config::parse(&elected, Path::new("c.yaml")).unwrap();
+    assert!(
+        c.warnings()[0].starts_with("source `a`: with leader election it runs on the leader only"),
+        "{:?}",
+        c.warnings()
+    );
+}

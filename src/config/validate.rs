@@ -162,6 +162,17 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
             }
         }
     }
+    if config.leader_election.enabled {
+        for source in &config.sources {
+            let kinds = || source.sinks.iter().map(|s| s.kind());
+            if kinds().any(|k| k.needs_leader()) && kinds().any(|k| !k.needs_leader()) {
+                warnings.push(format!(
+                    "source `{}`: with leader election it runs on the leader only (it has a Secret or API-Portal sink), so its other sinks are written there only; give sinks every replica needs their own source",
+                    source.name
+                ));
+            }
+        }
+    }
     let (state, tokens) = (config.state_dir(), &config.defaults.file.dir);
     if state.starts_with(tokens) {
         warnings.push(format!(

@@ -126,8 +126,19 @@ impl SinkKind for ApiPortalConfig {
         true
     }
 
+    /// Fails when the state directory cannot be written: every POST whose id cannot be stored
+    /// would leave one more portal entry that nothing ever renews or deletes.
     fn build(&self, source: &str, ctx: &SinkContext) -> Result<Box<dyn Sink>, BuildError> {
         let base = http::http_url(&self.url).map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
+        let dir = ctx.state_dir.join("api-portal").join(source);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| tempfile::NamedTempFile::new_in(&dir).map(drop))
+            .map_err(|e| {
+                BuildError::Invalid(format!(
+                    "state_dir {} is not writable ({e}): API-Portal token ids must survive restarts; mount a volume there or set `state_dir`",
+                    ctx.state_dir.display()
+                ))
+            })?;
         Ok(Box::new(ApiPortalSink {
             inner: Arc::new(Inner {
                 client: ctx.clients.get(ctx.http)?,
