@@ -88,6 +88,17 @@ impl Setup {
     }
 }
 
+/// `token-agent revoke --config CONFIG --source SOURCE`.
+async fn revoke(config: &Path, source: &str) -> std::process::Output {
+    let config = config.to_str().unwrap();
+    let args = ["revoke", "--config", config, "--source", source];
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
 async fn once(config: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(config).unwrap();
     let config = Config::parse(&text, config).unwrap_or_else(|e| panic!("{e}"));
@@ -192,17 +203,7 @@ async fn revoke_and_removed_sinks_delete_only_recorded_ids() {
         .unwrap()
         .insert("not-ours".into(), ("x".into(), Default::default()));
 
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "revoke",
-            "--config",
-            config.to_str().unwrap(),
-            "--source",
-            "weather",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = revoke(&config, "weather").await;
     assert!(
         out.status.success(),
         "{}",
@@ -217,32 +218,12 @@ async fn revoke_and_removed_sinks_delete_only_recorded_ids() {
         2,
         "maps and not-ours remain"
     );
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "revoke",
-            "--config",
-            config.to_str().unwrap(),
-            "--source",
-            "weather",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = revoke(&config, "weather").await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "revoked 0 API-Portal entries of source `weather`"
     );
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "revoke",
-            "--config",
-            config.to_str().unwrap(),
-            "--source",
-            "nope",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = revoke(&config, "nope").await;
     assert_eq!(out.status.code(), Some(1));
 
     // `maps` is removed from the config: its entry is deleted when the agent starts.
@@ -406,16 +387,7 @@ async fn planted_state_files_never_cause_a_delete() {
     assert!(deletes.is_empty(), "{deletes:?}");
     assert!(s.portal.entries.lock().unwrap().contains_key(victim));
     // The sink's own state file is still believed: a revoke deletes its entry.
-    let out = Command::new(BIN)
-        .args([
-            "revoke",
-            "--config",
-            config.to_str().unwrap(),
-            "--source",
-            "weather",
-        ])
-        .output()
-        .unwrap();
+    let out = revoke(&config, "weather").await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "revoked 1 API-Portal entry of source `weather`",

@@ -196,38 +196,23 @@ async fn a_leader_whose_api_calls_hang_steps_down_before_its_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
-    token_agent::install_crypto_provider();
-    let api = KubeApi::start(&["team-a"]).await;
+    let Replicas {
+        api: _,
+        issuer,
+        dir,
+        kubeconfig,
+        ports,
+    } = Replicas::start().await;
     let portal = common::api_portal::Portal::default();
     let mock = portal.start().await;
-    let issuer = token_agent::dev::issuer::Issuer::start("c", "s", Duration::from_secs(600))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
-    std::fs::write(dir.path().join("secret"), "s").unwrap();
     std::fs::write(dir.path().join("portal-password"), "appr0ver-pw").unwrap();
-    let ports = [0, 1].map(|_| free_port());
     let configs = ports.map(|port| {
         // Each replica has its own pod: its own token and state directories.
         let path = dir.path().join(format!("config-{port}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}
-state_dir: '{}'
-defaults: {{ file: {{ dir: '{}' }} }}
-server: {{ listen: '127.0.0.1:{port}' }}
-sources:
-  - name: orders
-    kind: oauth2
-    token_url: '{}'
-    client_id: c
-    client_secret: {{ file: '{}' }}
-    sinks:
-      - file: {{ path: orders.token }}
-      - api_portal: {{ url: 'http://{}', username: approver, password: {{ file: '{}' }}, user: u-1, properties: [ {{ key: applicationName, value: App }}, {{ key: Access Token Type, value: API Key }}, {{ key: x-Api-Key, value: '{{{{ token }}}}' }} ] }}
-",
+                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}\nstate_dir: '{}'\ndefaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - file: {{ path: orders.token }}\n      - api_portal: {{ url: 'http://{}', username: approver, password: {{ file: '{}' }}, user: u-1, properties: [ {{ key: applicationName, value: App }}, {{ key: Access Token Type, value: API Key }}, {{ key: x-Api-Key, value: '{{{{ token }}}}' }} ] }}\n",
                 dir.path().join(format!("state-{port}")).display(),
                 dir.path().join(format!("tokens-{port}")).display(),
                 issuer.token_url(),
@@ -263,6 +248,37 @@ sources:
     );
     assert_eq!(issuer.issued(), 1, "only the leader fetched");
     drop(agents);
+}
+
+/// What two agent replicas share: the API stand-in, an issuer (client `c`, secret `s` in the
+/// file `secret`), a directory with the kubeconfig, and a metrics port each.
+struct Replicas {
+    api: KubeApi,
+    issuer: token_agent::dev::issuer::Issuer,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+    ports: [u16; 2],
+}
+
+impl Replicas {
+    async fn start() -> Replicas {
+        token_agent::install_crypto_provider();
+        let api = KubeApi::start(&["team-a"]).await;
+        let issuer = token_agent::dev::issuer::Issuer::start("c", "s", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let ports = [0, 1].map(|_| free_port());
+        Replicas {
+            api,
+            issuer,
+            dir,
+            kubeconfig,
+            ports,
+        }
+    }
 }
 
 /// Agent processes, killed when the test ends, also when it fails (a live child would hold
@@ -315,15 +331,13 @@ async fn leader_metric(port: u16) -> Option<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_one_writer_and_failover() {
-    token_agent::install_crypto_provider();
-    let api = KubeApi::start(&["team-a"]).await;
-    let issuer = token_agent::dev::issuer::Issuer::start("c", "s", Duration::from_secs(600))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
-    std::fs::write(dir.path().join("secret"), "s").unwrap();
-    let ports = [0, 1].map(|_| free_port());
+    let Replicas {
+        api,
+        issuer,
+        dir,
+        kubeconfig,
+        ports,
+    } = Replicas::start().await;
     let configs = ports.map(|port| {
         let path = dir.path().join(format!("config-{port}.yaml"));
         std::fs::write(
