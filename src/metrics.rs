@@ -434,6 +434,23 @@ mod tests {
     use super::*;
     use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec};
 
+    /// What README promises: a source's series exist at zero before its first event.
+    #[test]
+    fn a_sources_series_exist_at_zero_from_the_start() {
+        let m = Metrics::new();
+        m.register_source("orders", "oauth2", &["file:/t/orders.token".to_owned()]);
+        let text = m.encode();
+        for series in [
+            "token_agent_refresh_total{result=\"failure\",source=\"orders\"} 0",
+            "token_agent_refresh_total{result=\"success\",source=\"orders\"} 0",
+            "token_agent_token_valid{source=\"orders\"} 0",
+            "token_agent_refresh_duration_seconds_count{kind=\"oauth2\",source=\"orders\"} 0",
+            "token_agent_sink_write_duration_seconds_count{sink=\"file:/t/orders.token\",source=\"orders\"} 0",
+        ] {
+            assert!(text.contains(series), "missing `{series}` in:\n{text}");
+        }
+    }
+
     /// The hand-written exposition says exactly what the `prometheus` encoder says for the
     /// same series (escaping, bucket bounds, cumulative counts, sums, label order).
     #[test]

@@ -416,3 +416,67 @@ fn a_literal_credential_in_headers_or_params_is_an_inline_secret() {
             .unwrap_or_else(|e| panic!("{extra}: {e}"));
     }
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let mock = Mock::start(|r| match r.path.as_str() {
+        "/moved" => token_reply(60),
+        _ => {
+            let mut moved = Reply::text(302, "moved");
+            moved.headers.push(("location", "/moved".into()));
+            moved
+        }
+    })
+    .await;
+    let (r, _) = run(&source(&mock.url("/t"), "    auth: none\n")).await;
+    let err = r.unwrap_err();
+    assert!(err.contains("302"), "{err}");
+    let paths: Vec<String> = mock.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/t"], "the Location was not visited");
+}
+
+#[tokio::test]
+async fn the_credential_file_is_read_again_on_every_fetch() {
+    // Tokens living 2 s: a running agent refreshes after about 1.5 s.
+    let mock = Mock::start(|_| token_reply(2)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = secret_file(tmp.path(), "secret", "first-s3cret\n");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = source(
+        &mock.url("/t"),
+        &format!("    client_id: c\n    client_secret: {{ file: '{secret}' }}\n"),
+    )
+    .replace("{dir}", &dir.path().display().to_string())
+    .replace(
+        "http: { timeout: 2s }",
+        "http: { timeout: 2s }, refresh: { min_interval: 100ms }",
+    );
+    let config = token_agent::config::Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let agent =
+        token_agent::agent::Agent::build(&config, token_agent::clock::Clock::system()).unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(shutdown));
+    let secrets = || -> Vec<String> {
+        mock.requests()
+            .iter()
+            .filter_map(|r| r.basic_raw().map(|(_, s)| s))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while secrets().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no first fetch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&secret, "rotated-s3cret\n").unwrap();
+    while secrets().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        secrets()[..2],
+        ["first-s3cret", "rotated-s3cret"],
+        "no restart needed"
+    );
+}

@@ -371,3 +371,37 @@ async fn slow_and_excess_connections_are_bounded() {
         "{answer:?}"
     );
 }
+
+/// `/healthz` is what the kubelet sees: a write past its bound is an HTTP 503 naming it.
+#[tokio::test]
+async fn healthz_answers_503_over_http_when_a_write_outlives_its_bound() {
+    use token_agent::server;
+    let view = Arc::new(token_agent::observability::Observability::new(
+        token_agent::clock::Clock::system(),
+    ));
+    view.status.register("orders", true);
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(server::serve(listener, view.clone(), shutdown));
+    token_agent::install_crypto_provider();
+    let get = || async {
+        let r = reqwest::get(&url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(get().await, (200, "ok\n".to_owned()));
+    let busy = view
+        .status
+        .busy("orders", "sink write", Duration::from_millis(50));
+    assert_eq!(get().await.0, 200, "within its bound");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get().await,
+        (
+            503,
+            "source `orders`: sink write has been running for 1s (limit 0s)\n".to_owned()
+        )
+    );
+    drop(busy);
+    assert_eq!(get().await.0, 200, "the mark goes with the write");
+}
