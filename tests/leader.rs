@@ -92,24 +92,58 @@ async fn one_holder_takeover_after_expiry_and_release() {
 async fn concurrent_candidates_never_both_win() {
     let api = KubeApi::start(&["team-a"]).await;
     let dir = tempfile::tempdir().unwrap();
+    let duration = Duration::from_secs(1);
     let mut candidates = Vec::new();
     for i in 0..5 {
-        candidates.push(elector(&api, dir.path(), &format!("c{i}"), Duration::from_secs(30)).await);
+        candidates.push(elector(&api, dir.path(), &format!("c{i}"), duration).await);
     }
-    for round in 0..20 {
-        let results =
-            futures_util::future::join_all(candidates.iter().map(|c| c.try_acquire_or_renew()))
-                .await;
-        let winners: Vec<usize> = results
+    let puts_so_far = || {
+        let store = api.store.lock().unwrap();
+        store.log.iter().filter(|(m, _, _)| m == "PUT").count()
+    };
+    let holder = || {
+        let lease = api.get("Lease", "team-a", "agents");
+        lease.map(|l| {
+            l["spec"]["holderIdentity"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+    };
+    for round in 0..4 {
+        // The others see the record, then it goes unrenewed for a lease duration (the holder
+        // stays silent: a renewal would change what they watch). In the contest every one of
+        // them finds it expired and writes with the same resourceVersion.
+        let before = holder();
+        for c in candidates
             .iter()
-            .enumerate()
-            .filter(|(_, r)| *r.as_ref().unwrap())
-            .map(|(i, _)| i)
+            .filter(|c| before.as_deref() != Some(c.identity()))
+        {
+            let _ = c.try_acquire_or_renew().await.unwrap();
+        }
+        tokio::time::sleep(duration + Duration::from_millis(100)).await;
+        let silent = holder();
+        let contenders: Vec<&Elector> = candidates
+            .iter()
+            .filter(|c| silent.as_deref() != Some(c.identity()))
+            .collect();
+        let puts = puts_so_far();
+        let results =
+            futures_util::future::join_all(contenders.iter().map(|c| c.try_acquire_or_renew()))
+                .await;
+        let winners: Vec<&str> = results
+            .iter()
+            .zip(&contenders)
+            .filter(|(r, _)| *r.as_ref().unwrap())
+            .map(|(_, c)| c.identity())
             .collect();
         assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
-        let holder =
-            api.get("Lease", "team-a", "agents").unwrap()["spec"]["holderIdentity"].clone();
-        assert_eq!(holder, format!("c{}", winners[0]));
+        assert_eq!(
+            puts_so_far() - puts,
+            contenders.len(),
+            "round {round}: every contender wrote, and all but one got 409"
+        );
+        assert_eq!(holder().as_deref(), Some(winners[0]));
     }
 }
 

@@ -311,6 +311,25 @@ async fn tenants_that_come_and_go_get_files_and_lose_them() {
         service.set_tenants(&["beta", "gamma"]);
         if keep {
             wait(&["alpha", "beta", "gamma"]).await;
+            // gamma's file comes before the removals of the same round: only a later listing
+            // shows that alpha is kept, not merely not removed yet.
+            let listings = || {
+                let requests = mock.requests();
+                requests
+                    .iter()
+                    .filter(|r| r.path.ends_with("/userTenants"))
+                    .count()
+            };
+            let seen = listings();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while listings() < seen + 2 {
+                assert!(Instant::now() < deadline, "no further listing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                files(&dir.path().join("mdsp")),
+                ["alpha.token", "beta.token", "gamma.token"]
+            );
         } else {
             wait(&["beta", "gamma"]).await;
             assert!(!dir.path().join("mdsp/.alpha.token.meta.json").exists());
