@@ -40,8 +40,12 @@ fn example(name: &str, host: &str, mock: &Mock, dir: &Path, secrets: &[(&str, &s
             std::fs::write(&path, value).unwrap();
             text = text.replace(file, &path.display().to_string());
         } else {
-            // SAFETY: each variable is set once, to one value, by one test.
-            unsafe { std::env::set_var(reference, value) };
+            // `{ env: NAME }` becomes a file holding the value: setting variables in a
+            // process whose other tests run in parallel threads is a data race.
+            let path = dir.join(format!("env-{reference}"));
+            std::fs::write(&path, value).unwrap();
+            let file = format!("{{ file: '{}' }}", path.display());
+            text = text.replace(&format!("{{ env: {reference} }}"), &file);
         }
     }
     text
@@ -150,12 +154,13 @@ async fn http_get_with_a_secret_in_the_query_and_a_text_answer() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: read only by this test.
-    unsafe { std::env::set_var("TA_TEST_HTTP_KEY", "SENTINEL-KEY") };
+    let key = dir.path().join("key");
+    std::fs::write(&key, "SENTINEL-KEY").unwrap();
     let yaml = format!(
-        "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - name: h\n    kind: http\n    method: GET\n    url: \"{}/token?key={{{{ secret('key') }}}}&aud=x\"\n    secrets: {{ key: {{ env: TA_TEST_HTTP_KEY }} }}\n    response: {{ format: text }}\n    ttl: 5m\n    sinks: [ {{ file: {{ path: h.token }} }} ]\n",
+        "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - name: h\n    kind: http\n    method: GET\n    url: \"{}/token?key={{{{ secret('key') }}}}&aud=x\"\n    secrets: {{ key: {{ file: '{}' }} }}\n    response: {{ format: text }}\n    ttl: 5m\n    sinks: [ {{ file: {{ path: h.token }} }} ]\n",
         dir.path().display(),
-        mock.url("")
+        mock.url(""),
+        key.display()
     );
     once_yaml(&yaml).await.result.unwrap();
     assert_eq!(
@@ -164,14 +169,13 @@ async fn http_get_with_a_secret_in_the_query_and_a_text_answer() {
     );
     assert_eq!(mock.requests()[0].method, "GET");
 
-    unsafe { std::env::set_var("TA_TEST_HTTP_KEY2", "SENTINEL-WRONG") };
+    // The same source in a fresh directory, whose key file holds a wrong key.
     let fresh = tempfile::tempdir().unwrap();
-    let bad = yaml
-        .replace("TA_TEST_HTTP_KEY", "TA_TEST_HTTP_KEY2")
-        .replace(
-            &dir.path().display().to_string(),
-            &fresh.path().display().to_string(),
-        );
+    std::fs::write(fresh.path().join("key"), "SENTINEL-WRONG").unwrap();
+    let bad = yaml.replace(
+        &dir.path().display().to_string(),
+        &fresh.path().display().to_string(),
+    );
     let err = once_yaml(&bad).await.result.unwrap_err();
     assert!(err.contains("answered HTTP 403"), "{err}");
     assert!(
@@ -254,19 +258,25 @@ async fn exec_passes_credentials_by_env_and_stdin_only_and_clears_the_environmen
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("stdin-secret");
     std::fs::write(&secret, "from-stdin").unwrap();
-    // SAFETY: read only by this test.
-    unsafe {
-        std::env::set_var("TA_TEST_EXEC_KEY", "from-env");
-        std::env::set_var("TA_TEST_AGENT_ONLY", "must-not-leak");
-    }
     let body = format!(
         "    shell: true\n    command: ['printf \"%s|%s|%s|%s\" \"$API_KEY\" \"$(cat)\" \"${{TA_TEST_AGENT_ONLY:-absent}}\" \"$REGION\"']\n    env: {{ REGION: eu }}\n    secret_env: {{ API_KEY: {{ env: TA_TEST_EXEC_KEY }} }}\n    stdin: {{ file: '{}' }}\n    response: {{ format: text }}\n    ttl: 1m\n",
         secret.display()
     );
-    once_yaml(&exec_yaml(dir.path(), &body))
-        .await
-        .result
+    // The agent's own environment is under test: the binary gets it, no `set_var` in a
+    // process whose other tests run in parallel threads.
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, exec_yaml(dir.path(), &body)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-agent"))
+        .args(["once", "--config", config.to_str().unwrap()])
+        .env("TA_TEST_EXEC_KEY", "from-env")
+        .env("TA_TEST_AGENT_ONLY", "must-not-leak")
+        .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("x.token")).unwrap(),
         "from-env|from-stdin|absent|eu"
@@ -276,12 +286,14 @@ async fn exec_passes_credentials_by_env_and_stdin_only_and_clears_the_environmen
 #[tokio::test]
 async fn exec_failures_are_clear_and_scrubbed() {
     let dir = tempfile::tempdir().unwrap();
-    unsafe { std::env::set_var("TA_TEST_EXEC_SECRET", "SENTINEL-EXEC") };
+    let secret = dir.path().join("exec-secret");
+    std::fs::write(&secret, "SENTINEL-EXEC").unwrap();
+    let leaky = format!(
+        "    shell: true\n    command: ['echo \"bad key $K\" >&2; exit 3']\n    secret_env: {{ K: {{ file: '{}' }} }}\n    ttl: 1m\n",
+        secret.display()
+    );
     let cases = [
-        (
-            "    shell: true\n    command: ['echo \"bad key $K\" >&2; exit 3']\n    secret_env: { K: { env: TA_TEST_EXEC_SECRET } }\n    ttl: 1m\n",
-            "exited with 3: bad key <redacted>",
-        ),
+        (leaky.as_str(), "exited with 3: bad key <redacted>"),
         (
             "    command: [/nonexistent/tool]\n    ttl: 1m\n",
             "command /nonexistent/tool cannot start",

@@ -16,13 +16,16 @@ use token_agent::clock::Clock;
 use token_agent::config::Config;
 
 fn config(mock: &Mock, dir: &Path, mode: &str, sink: &str) -> Config {
+    // Hidden, so the listings of token files below do not see it.
+    let secret = dir.join(".client-secret");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&secret, "mdsp-s3cret").unwrap();
     let yaml = format!(
-        "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nsources:\n  - name: mdsp\n    kind: mindsphere\n    base_url: '{}'\n    client_id: mdsp-client\n    client_secret: {{ env: TA_TEST_MDSP_SECRET }}\n    app_name: application_x\n    app_version: 1.0.0\n    host_tenant: hosttenant\n{mode}    sinks:\n      - file: {{ path: '{sink}' }}\n",
+        "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nsources:\n  - name: mdsp\n    kind: mindsphere\n    base_url: '{}'\n    client_id: mdsp-client\n    client_secret: {{ file: '{}' }}\n    app_name: application_x\n    app_version: 1.0.0\n    host_tenant: hosttenant\n{mode}    sinks:\n      - file: {{ path: '{sink}' }}\n",
         dir.display(),
-        mock.url(BASE)
+        mock.url(BASE),
+        secret.display()
     );
-    // SAFETY: every test in this binary sets the same value.
-    unsafe { std::env::set_var("TA_TEST_MDSP_SECRET", "mdsp-s3cret") };
     Config::parse(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -344,12 +347,13 @@ async fn documented_errors_reach_the_outcome_without_credentials() {
     let service = MindSphere::new(&["t1"]);
     let mock = service.start().await;
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: a distinct variable read only here.
-    unsafe { std::env::set_var("TA_TEST_MDSP_WRONG", "wrong-s3cret") };
+    let wrong = dir.path().join(".wrong-secret");
+    std::fs::write(&wrong, "wrong-s3cret").unwrap();
     let yaml = format!(
-        "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - {{ name: m, kind: mindsphere, base_url: '{}', client_id: mdsp-client, client_secret: {{ env: TA_TEST_MDSP_WRONG }}, app_name: a, app_version: '1', host_tenant: hosttenant, user_tenant: t1, sinks: [ {{ file: {{ path: m.token }} }} ] }}\n",
+        "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - {{ name: m, kind: mindsphere, base_url: '{}', client_id: mdsp-client, client_secret: {{ file: '{}' }}, app_name: a, app_version: '1', host_tenant: hosttenant, user_tenant: t1, sinks: [ {{ file: {{ path: m.token }} }} ] }}\n",
         dir.path().display(),
-        mock.url(BASE)
+        mock.url(BASE),
+        wrong.display()
     );
     let c = Config::parse(&yaml, Path::new("t.yaml")).unwrap();
     let err = once(&c).await.result.unwrap_err();

@@ -86,10 +86,12 @@ async fn basic_auth_sends_every_parameter_together() {
 #[tokio::test]
 async fn post_auth_puts_credentials_in_the_body_only() {
     let mock = Mock::start(|_| token_reply(300)).await;
-    let extra = "    client_id: id-1\n    client_secret: { env: TA_TEST_POST_SECRET }\n    auth: post\n    scope: a\n    audience: b\n";
-    // SAFETY: the only test in this binary that reads this variable.
-    unsafe { std::env::set_var("TA_TEST_POST_SECRET", "s3cret") };
-    let (result, _dir) = run(&source(&mock.url("/t"), extra)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = secret_file(tmp.path(), "secret", "s3cret");
+    let extra = format!(
+        "    client_id: id-1\n    client_secret: {{ file: '{secret}' }}\n    auth: post\n    scope: a\n    audience: b\n"
+    );
+    let (result, _dir) = run(&source(&mock.url("/t"), &extra)).await;
     result.unwrap();
     let r = &mock.requests()[0];
     assert_eq!(r.header("authorization"), None);
@@ -127,11 +129,14 @@ async fn json_body_and_custom_response_pointers() {
 
 #[tokio::test]
 async fn apinizer_variant_and_its_documented_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let password = secret_file(tmp.path(), "password", "pa55");
+    let extra = format!(
+        "    auth: post\n    client_id: admin\n    client_secret: {{ file: '{password}' }}\n"
+    );
     for with_expires_in in [true, false] {
         let mock = Mock::start(vendors::apinizer("admin", "pa55", with_expires_in)).await;
-        let extra = "    auth: post\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
-        unsafe { std::env::set_var("TA_TEST_APINIZER_PW", "pa55") };
-        let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
+        let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), &extra)).await;
         result.unwrap();
         let left = seconds_left(&dir);
         // expires_in (3600) when present, else the JWT exp (1800).
@@ -144,9 +149,7 @@ async fn apinizer_variant_and_its_documented_errors() {
     }
 
     let mock = Mock::start(vendors::apinizer("admin", "other", true)).await;
-    let extra =
-        "    auth: post\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
-    let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
+    let (result, dir) = run(&source(&mock.url("/apiops/auth/token"), &extra)).await;
     let err = result.unwrap_err();
     assert!(
         err.contains("HTTP 401: unauthorized_client: Bad credentials"),
@@ -154,8 +157,11 @@ async fn apinizer_variant_and_its_documented_errors() {
     );
     assert!(!dir.path().join("s.token").exists());
 
-    let extra = "    auth: post\n    grant_type: password\n    client_id: admin\n    client_secret: { env: TA_TEST_APINIZER_PW }\n";
-    let (result, _) = run(&source(&mock.url("/apiops/auth/token"), extra)).await;
+    let extra = extra.replace(
+        "    auth: post\n",
+        "    auth: post\n    grant_type: password\n",
+    );
+    let (result, _) = run(&source(&mock.url("/apiops/auth/token"), &extra)).await;
     assert!(
         result.unwrap_err().contains(
             "HTTP 400: unsupported_grant_type: GrantType value must be client_credentials!"
@@ -169,7 +175,7 @@ async fn apinizer_variant_and_its_documented_errors() {
         )
     })
     .await;
-    let (result, _) = run(&source(&down.url("/apiops/auth/token"), extra)).await;
+    let (result, _) = run(&source(&down.url("/apiops/auth/token"), &extra)).await;
     assert!(
         result
             .unwrap_err()

@@ -197,14 +197,21 @@ async fn defaults_path_and_omits_an_unset_subscription() {
 async fn basic_auth_is_sent_and_a_401_is_reported() {
     let mock = Mock::start(operations_automation(Some(("openapi", "p&ss<w>")))).await;
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: variables read only by this test.
-    unsafe {
-        std::env::set_var("TA_TEST_OA_USER", "openapi");
-        std::env::set_var("TA_TEST_OA_PASS", "p&ss<w>");
-        std::env::set_var("TA_TEST_OA_BAD", "wrong");
-    }
-    let extra = "    account_id: 1\n    username: { env: TA_TEST_OA_USER }\n    password: { env: TA_TEST_OA_PASS }\n";
-    once(&config(dir.path(), &mock.url("/RPC2"), extra))
+    let creds = tempfile::tempdir().unwrap();
+    let file = |name: &str, value: &str| {
+        let path = creds.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        path.display().to_string()
+    };
+    let (user, pass, bad) = (
+        file("user", "openapi"),
+        file("pass", "p&ss<w>"),
+        file("bad", "wrong"),
+    );
+    let extra = format!(
+        "    account_id: 1\n    username: {{ file: '{user}' }}\n    password: {{ file: '{pass}' }}\n"
+    );
+    once(&config(dir.path(), &mock.url("/RPC2"), &extra))
         .await
         .result
         .unwrap();
@@ -217,9 +224,9 @@ async fn basic_auth_is_sent_and_a_401_is_reported() {
         Some(want.as_str())
     );
 
-    let extra = "    account_id: 1\n    username: { env: TA_TEST_OA_USER }\n    password: { env: TA_TEST_OA_BAD }\n";
+    let extra = extra.replace(&pass, &bad);
     let fresh = tempfile::tempdir().unwrap(); // no token on disk to reuse
-    let err = once(&config(fresh.path(), &mock.url("/RPC2"), extra))
+    let err = once(&config(fresh.path(), &mock.url("/RPC2"), &extra))
         .await
         .result
         .unwrap_err();
