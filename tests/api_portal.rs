@@ -268,6 +268,7 @@ async fn errors_are_clear_and_the_file_sink_goes_on() {
     let config = fresh.config(&["weather"], "portal-password");
     let out = tokio::process::Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
+        .kill_on_drop(true)
         .env("RUST_LOG", "trace")
         .stderr(std::process::Stdio::piped())
         .spawn()

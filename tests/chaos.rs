@@ -10,6 +10,9 @@
 //! pages being written back) took 0.9 s here, longer than the 200 ms this test allows the
 //! agent to put a new token in place. Crash safety on disk is `tests/crash.rs`'s business.
 
+mod common;
+
+use common::SpawnGuarded;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,8 +145,7 @@ async fn no_invalid_token_ever_reaches_the_sink() {
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let pid = child.id();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::SpawnGuarded;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -254,8 +255,7 @@ async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
     );
     let mut child = agent(&["run", "--config", &config])
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let base = format!("http://127.0.0.1:{port}");
     wait_for("readiness", async || {
         http_get(&format!("{base}/readyz"))
@@ -302,8 +302,7 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
         "2s",
     ])
     .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    .spawn_guarded();
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         BufReader::new(stderr)
@@ -374,8 +373,7 @@ async fn observe(
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let drain = |pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
     };

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::SpawnGuarded;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,8 +118,7 @@ async fn sigkill_during_rotation_never_exposes_a_broken_token() {
             let mut child = Command::new(BIN)
                 .args(["run", "--config", config.to_str().unwrap()])
                 .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+                .spawn_guarded();
             // Let this run fetch at least one token (however slow the machine), then kill it at
             // a random moment of the following ~50 ms rotations.
             let before = issued.load(Ordering::SeqCst);
@@ -134,8 +134,7 @@ async fn sigkill_during_rotation_never_exposes_a_broken_token() {
         let mut child = Command::new(BIN)
             .args(["run", "--config", config.to_str().unwrap()])
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn_guarded();
         std::thread::sleep(Duration::from_millis(300));
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::SpawnGuarded;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -62,8 +63,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let mut stderr = child.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         let mut s = String::new();
@@ -113,8 +113,15 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     assert_eq!(calls("GET").len(), 1, "one look per Secret since start");
 
     api.forbid_secrets.store(true, Ordering::SeqCst);
-    // The Secret is written before the file within one delivery, so wait for a token that
-    // is neither the Secret's nor the file's at this moment: that one met the 403.
+    // A write the server accepted just before the flag may still land: take the Secret's
+    // value once a 403 has been answered. Then the Secret is written before the file within
+    // one delivery, so wait for a token that is neither the Secret's nor the file's at this
+    // moment: that one met the 403.
+    let requests = || api.store.lock().unwrap().log.len();
+    let asked = requests();
+    // The agent writes one request at a time: a request after the flag means the one before
+    // it has been answered (and stored).
+    until("a Secret write after the 403 flag", || requests() > asked).await;
     let (frozen, _) = secret_token(&api).unwrap();
     let file_then = file();
     until("the file to move on without the Secret", || {
@@ -138,12 +145,30 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         metrics.contains("token_agent_sink_failures_total{reason=\"forbidden\",sink=\"secret:(own namespace)/orders-token\",source=\"orders\"}"),
         "{metrics}"
     );
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
-    assert_eq!(ready, 503, "not ready while the Secret lags");
+    // The failure is counted during the delivery and the status published after it: poll
+    // rather than catch the moment in between (a refresh that began before the 403 could
+    // also have landed in both sinks).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready while the Secret lags"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        secret_token(&api).unwrap().0,
+        frozen,
+        "still the value from before the 403"
+    );
 
     api.forbid_secrets.store(false, Ordering::SeqCst);
     until("recovery", || {

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::{Running, SpawnGuarded};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -258,10 +259,10 @@ async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
         .unwrap();
         path
     });
-    let agents = Agents(vec![
+    let agents = [
         spawn(&configs[0], &kubeconfig, "agent-0"),
         spawn(&configs[1], &kubeconfig, "agent-1"),
-    ]);
+    ];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let states = [leader_metric(ports[0]).await, leader_metric(ports[1]).await];
@@ -315,19 +316,6 @@ impl Replicas {
     }
 }
 
-/// Agent processes, killed when the test ends, also when it fails (a live child would hold
-/// the test's output open).
-struct Agents(Vec<Child>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -336,7 +324,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> Child {
+fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> Running {
     Command::new(BIN)
         .args([
             "run",
@@ -347,8 +335,7 @@ fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> 
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAME", name)
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .spawn_guarded()
 }
 
 async fn leader_metric(port: u16) -> Option<bool> {
@@ -385,10 +372,10 @@ async fn two_agents_one_writer_and_failover() {
         .unwrap();
         path
     });
-    let mut agents = Agents(vec![
+    let mut agents = [
         spawn(&configs[0], &kubeconfig, "agent-0"),
         spawn(&configs[1], &kubeconfig, "agent-1"),
-    ]);
+    ];
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
@@ -416,8 +403,8 @@ async fn two_agents_one_writer_and_failover() {
     );
     assert!(ready.text().await.unwrap().contains("\"standby\":true"));
 
-    agents.0[leader].kill().unwrap(); // SIGKILL: no release, the lease must expire
-    agents.0[leader].wait().unwrap();
+    agents[leader].kill().unwrap(); // SIGKILL: no release, the lease must expire
+    agents[leader].wait().unwrap();
     let follower = 1 - leader;
     let killed_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -439,10 +426,10 @@ async fn two_agents_one_writer_and_failover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Command::new("kill")
-        .args(["-TERM", &agents.0[follower].id().to_string()])
+        .args(["-TERM", &agents[follower].id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(agents.0[follower].wait().unwrap().code(), Some(0));
+    assert_eq!(agents[follower].wait().unwrap().code(), Some(0));
     let lease = api.get("Lease", "team-a", "agents").unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),

@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::SpawnGuarded;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +19,7 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 
 struct Agent {
-    child: Child,
+    child: common::Running,
     base: String,
     logs: std::thread::JoinHandle<Vec<String>>,
 }
@@ -49,8 +50,7 @@ impl Agent {
             ])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_guarded();
         let stderr = child.stderr.take().unwrap();
         let logs = std::thread::spawn(move || {
             BufReader::new(stderr)

@@ -214,3 +214,38 @@ pub fn secret_file(dir: &Path, name: &str, content: &str) -> String {
     std::fs::write(&path, content).unwrap();
     path.display().to_string()
 }
+
+/// A child process killed (and reaped) when the test ends, also when it panics: a live agent
+/// would otherwise outlast the test and hold its output open.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `Command::spawn` returning a [`Running`].
+pub trait SpawnGuarded {
+    fn spawn_guarded(&mut self) -> Running;
+}
+
+impl SpawnGuarded for std::process::Command {
+    fn spawn_guarded(&mut self) -> Running {
+        Running(self.spawn().expect("the process starts"))
+    }
+}
