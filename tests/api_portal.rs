@@ -461,3 +461,56 @@ async fn an_unwritable_state_dir_stops_the_agent_before_any_portal_entry() {
         "nothing was sent to the portal"
     );
 }
+
+/// The mock is as strict as seed 004: a path that only starts like the API, or a property
+/// that is not `{ key, value }`, is refused rather than served or dropped.
+#[tokio::test]
+async fn the_portal_mock_refuses_what_the_portal_would() {
+    let portal = Portal::default();
+    let mock = portal.start().await;
+    token_agent::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        client
+            .request(method, format!("http://{}{path}", mock.addr))
+            .basic_auth("approver", Some("appr0ver-pw"))
+            .json(&body)
+            .send()
+    };
+    let good = serde_json::json!({"user": "u", "propertyList": [
+        {"key": "applicationName", "value": "A"}, {"key": "Access Token Type", "value": "API Key"}]});
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            send(reqwest::Method::POST, PATH, good.clone())
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let other = format!("{PATH}X");
+    assert_eq!(
+        status(
+            send(reqwest::Method::POST, &other, good.clone())
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    let nested = format!("{PATH}/a/b");
+    assert_eq!(
+        status(
+            send(reqwest::Method::PUT, &nested, good.clone())
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    let mut malformed = good.clone();
+    malformed["propertyList"][1] = serde_json::json!({"key": "Access Token Type", "value": 5});
+    assert_eq!(
+        status(send(reqwest::Method::POST, PATH, malformed).await.unwrap()),
+        400
+    );
+    assert_eq!(portal.entries.lock().unwrap().len(), 1);
+}

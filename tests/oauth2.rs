@@ -157,6 +157,15 @@ async fn apinizer_variant_and_its_documented_errors() {
     );
     assert!(!dir.path().join("s.token").exists());
 
+    // Basic auth instead of the form: the portal refuses it, as seed 003 implies.
+    let basic = extra.replace("    auth: post\n", "    auth: basic\n");
+    let (result, _) = run(&source(&mock.url("/apiops/auth/token"), &basic)).await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("HTTP 400: invalid_request: client credentials go in the form body"),
+        "{err}"
+    );
+
     let extra = extra.replace(
         "    auth: post\n",
         "    auth: post\n    grant_type: password\n",

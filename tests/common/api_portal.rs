@@ -42,10 +42,14 @@ impl Portal {
                 "Unauthorized: the user is not in the API Consumption Approvers group",
             );
         }
-        let id = r
-            .path
-            .strip_prefix(PATH)
-            .map(|rest| rest.trim_start_matches('/').to_owned());
+        let id = r.path.strip_prefix(PATH).and_then(|rest| match rest {
+            "" => Some(String::new()),
+            // `…/external/<id>` with one non-empty segment; `…/externalX` is another path.
+            _ => rest
+                .strip_prefix('/')
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .map(str::to_owned),
+        });
         let Some(id) = id else {
             return Reply::text(404, "Not Found");
         };
@@ -62,15 +66,18 @@ impl Portal {
                 let Some(list) = body["propertyList"].as_array() else {
                     return Reply::text(400, "propertyList is required");
                 };
-                let props: BTreeMap<String, String> = list
-                    .iter()
-                    .filter_map(|p| {
-                        Some((
-                            p["key"].as_str()?.to_owned(),
-                            p["value"].as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect();
+                // Each entry is exactly `{ "key": string, "value": string }`; anything else is
+                // a malformed list, refused whole rather than dropped quietly.
+                let mut props = BTreeMap::new();
+                for p in list {
+                    let well_formed = p.as_object().is_some_and(|o| o.len() == 2);
+                    match (well_formed, p["key"].as_str(), p["value"].as_str()) {
+                        (true, Some(key), Some(value)) => {
+                            props.insert(key.to_owned(), value.to_owned());
+                        }
+                        _ => return Reply::text(400, &format!("malformed property {p}")),
+                    }
+                }
                 for key in ["applicationName", "Access Token Type"] {
                     if !props.contains_key(key) {
                         return Reply::text(400, &format!("Mandatory property {key} is missing"));

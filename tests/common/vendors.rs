@@ -29,6 +29,20 @@ pub fn apinizer(
                 json!({"error": "invalid_request", "error_description": "Content-Type must be application/x-www-form-urlencoded"}),
             );
         }
+        // Seed 003 lists `Accept: application/json` among the request headers, and the
+        // credentials go in the form: a client that sends them as Basic auth is wrong.
+        if r.header("accept") != Some("application/json") {
+            return Reply::json(
+                406,
+                json!({"error": "not_acceptable", "error_description": "Accept must be application/json"}),
+            );
+        }
+        if r.header("authorization").is_some() {
+            return Reply::json(
+                400,
+                json!({"error": "invalid_request", "error_description": "client credentials go in the form body"}),
+            );
+        }
         if r.form_value("grant_type").as_deref() != Some("client_credentials") {
             return Reply::json(
                 400,
