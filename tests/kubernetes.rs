@@ -42,11 +42,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.kubeconfig(dir.path(), "team-a");
     std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,

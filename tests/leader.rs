@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Running, SpawnGuarded};
+use common::{Running, SpawnGuarded, free_port};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -314,14 +314,6 @@ impl Replicas {
             ports,
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> Running {

@@ -26,11 +26,7 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &std::path::Path, token_url: &str) -> Agent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,

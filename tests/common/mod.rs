@@ -249,3 +249,12 @@ impl SpawnGuarded for std::process::Command {
         Running(self.spawn().expect("the process starts"))
     }
 }
+
+/// A port that was free a moment ago (bound and released), for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
