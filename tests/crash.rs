@@ -106,10 +106,10 @@ fn hammer(tokens: &Path, stop: &AtomicBool, stats: &ReadStats) {
                 Err(_) => {}
             }
         }
-        if let [Some(json), Some(token)] = now {
-            if token < json {
-                stats.token_behind_json.fetch_add(1, Ordering::Relaxed);
-            }
+        if let [Some(json), Some(token)] = now
+            && token < json
+        {
+            stats.token_behind_json.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
