@@ -235,11 +235,7 @@ async fn kubernetes_token_requests_a_service_account_token() {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("tokens/builder.json")).unwrap())
             .unwrap();
-    let left = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap())
-        .unwrap()
-        .duration_since(std::time::SystemTime::now())
-        .unwrap()
-        .as_secs();
+    let left = common::seconds_left(&doc);
     assert!(
         (7190..=7200).contains(&left),
         "expiry from status.expirationTimestamp: {left}"

@@ -22,14 +22,10 @@ fn source(url: &str, extra: &str) -> String {
 }
 
 /// Seconds from now until the `expires_at` written in `s.json`.
-fn seconds_left(dir: &tempfile::TempDir) -> u64 {
+fn seconds_left(dir: &tempfile::TempDir) -> i64 {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
-    let expires = humantime::parse_rfc3339(doc["expires_at"].as_str().unwrap()).unwrap();
-    expires
-        .duration_since(std::time::SystemTime::now())
-        .unwrap()
-        .as_secs()
+    common::seconds_left(&doc)
 }
 
 async fn run(yaml: &str) -> (Result<(), String>, tempfile::TempDir) {

@@ -194,6 +194,17 @@ pub fn fake_jwt(claims: serde_json::Value) -> String {
     )
 }
 
+/// Seconds from now until the `expires_at` of a `format: json` token document; negative once
+/// it has passed (a slow machine gets a clear assertion, not a panic in `duration_since`).
+pub fn seconds_left(doc: &serde_json::Value) -> i64 {
+    let at = doc["expires_at"].as_str().unwrap_or_default();
+    let at = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("expires_at {at:?}: {e}"));
+    match at.duration_since(std::time::SystemTime::now()) {
+        Ok(left) => left.as_secs() as i64,
+        Err(passed) => -(passed.duration().as_secs() as i64),
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
