@@ -4,15 +4,17 @@
 const MAX_REMOTE_MESSAGE: usize = 300;
 
 /// Replaces every occurrence of the given secrets with `<redacted>` (as they are, and in the
-/// base64 and URL encodings a server may echo them in), then drops control characters and
-/// truncates, so an issuer that echoes a credential back cannot make the agent log it.
+/// base64, URL and JSON encodings a server may echo them in), then drops control characters
+/// and truncates, so an issuer that echoes a credential back cannot make the agent log it.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() >= 4).collect();
     let mut out = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+    for secret in &secrets {
         for form in encodings(secret) {
             out = out.replace(&form, "<redacted>");
         }
     }
+    let out = scrub_base64_runs(&out, &secrets);
     let mut out: String = out
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -24,12 +26,19 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
 }
 
 /// A secret as it is and as a server may echo it back: base64 (padded or not, standard or
-/// URL-safe) and URL-encoded (form style with `+`, or `%20`). Longest first, so a form that
-/// contains another is replaced whole.
+/// URL-safe), URL-encoded (form style with `+`, or `%20`) and inside a JSON string (with `/`
+/// escaped as `\/` too, as PHP's `json_encode` does). Longest first, so a form that contains
+/// another is replaced whole.
 fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let quoted = serde_json::to_string(secret).unwrap_or_default();
+    let json = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(secret)
+        .to_owned();
     let mut forms = vec![
         secret.to_owned(),
         STANDARD.encode(secret),
@@ -38,10 +47,61 @@ fn encodings(secret: &str) -> Vec<String> {
         URL_SAFE_NO_PAD.encode(secret),
         form.replace('+', "%20"),
         form,
+        json.replace('/', "\\/"),
+        json,
     ];
     forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     forms.dedup();
     forms
+}
+
+/// Shortest run of base64 characters worth decoding: shorter runs are ordinary words.
+const MIN_BASE64_RUN: usize = 8;
+
+/// Replaces each run of base64 characters whose decoding contains a secret: a secret encoded
+/// together with something else (`Basic base64(id:secret)` echoed back) has no fixed form.
+fn scrub_base64_runs(text: &str, secrets: &[&str]) -> String {
+    if secrets.is_empty() {
+        return text.to_owned();
+    }
+    let is_base64 = |c: char| c.is_ascii_alphanumeric() || "+/=-_".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_base64) {
+        out.push_str(&rest[..start]);
+        let run_len = rest[start..]
+            .find(|c| !is_base64(c))
+            .unwrap_or(rest.len() - start);
+        let run = &rest[start..start + run_len];
+        if run.len() >= MIN_BASE64_RUN && decodes_to_a_secret(run, secrets) {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(run);
+        }
+        rest = &rest[start + run_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn decodes_to_a_secret(run: &str, secrets: &[&str]) -> bool {
+    use base64::Engine;
+    use base64::alphabet::{STANDARD, URL_SAFE};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    [STANDARD, URL_SAFE]
+        .iter()
+        .filter_map(|alphabet| GeneralPurpose::new(alphabet, config).decode(run).ok())
+        .any(|decoded| {
+            let decoded = String::from_utf8_lossy(&decoded);
+            secrets.iter().any(|secret| {
+                let form: String =
+                    url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                decoded.contains(secret) || decoded.contains(&form)
+            })
+        })
 }
 
 /// `scheme://host[:port]/path` of a URL: query strings and user info may carry credentials.
@@ -95,6 +155,40 @@ mod tests {
         for form in ["YT8/Yj4+fg==", "YT8_Yj4-fg"] {
             let out = scrub(&format!("echo: {form}."), &[secret]);
             assert_eq!(out, "echo: <redacted>.", "{form}");
+        }
+    }
+
+    #[test]
+    fn a_secret_base64_encoded_with_other_text_is_scrubbed() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "p@ss w+rd/ü?";
+        let form = "p%40ss+w%2Brd%2F%C3%BC%3F";
+        for header in [
+            STANDARD.encode(format!("client:{secret}")),
+            STANDARD.encode(format!("client:{form}")), // RFC 6749 Basic
+            URL_SAFE_NO_PAD.encode(format!("{{\"client_secret\":\"{secret}\",\"x\":1}}")),
+        ] {
+            let out = scrub(
+                &format!("rejected Authorization: Basic {header}, bye"),
+                &[secret],
+            );
+            assert_eq!(
+                out, "rejected Authorization: Basic <redacted>, bye",
+                "{header}"
+            );
+        }
+        // Base64 that holds no secret, and ordinary words, are left alone.
+        let plain = format!("id {} is unknown", STANDARD.encode("client:other"));
+        assert_eq!(scrub(&plain, &[secret]), plain);
+    }
+
+    #[test]
+    fn a_secret_escaped_inside_json_is_scrubbed() {
+        let secret = "a/b\"c\\d";
+        for form in [r#"a/b\"c\\d"#, r#"a\/b\"c\\d"#] {
+            let out = scrub(&format!("{{\"echo\":\"{form}\"}}"), &[secret]);
+            assert_eq!(out, "{\"echo\":\"<redacted>\"}", "{form}");
         }
     }
 

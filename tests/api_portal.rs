@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::Mock;
 use common::api_portal::{PATH, Portal, methods};
+use common::process::AgentProcess;
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::Config;
@@ -266,27 +267,42 @@ async fn errors_are_clear_and_the_file_sink_goes_on() {
         .broken
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let config = fresh.config(&["weather"], "portal-password");
-    let out = tokio::process::Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .kill_on_drop(true)
-        .env("RUST_LOG", "trace")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let mut agent = AgentProcess::start(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "trace"),
+    );
+    // Until the portal has refused three attempts: the first one and two retries are logged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while methods(&fresh.mock)
+        .iter()
+        .filter(|(m, _)| m == "POST")
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not retry the portal:\n{}",
+            agent.printed()
+        );
+        if let Some(status) = agent.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", agent.printed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, logs) = tokio::task::spawn_blocking(move || agent.terminate())
+        .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    Command::new("kill")
-        .args(["-TERM", &out.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let output = out.wait_with_output().await.unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(0), "{logs}");
     assert!(
         logs.contains("answered HTTP 500: Internal Server Error"),
         "the portal's message is logged"
     );
     let token = fresh.token("weather");
     assert!(!token.is_empty());
-    for needle in [token.as_str(), "appr0ver-pw", "issuer-s3cret"] {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("approver:appr0ver-pw");
+    for needle in [token.as_str(), "appr0ver-pw", "issuer-s3cret", &basic] {
         assert!(!logs.contains(needle), "{needle} leaked into the logs");
     }
 }

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::{SpawnGuarded, free_port};
-use std::io::{BufRead, BufReader};
+use common::process::AgentProcess;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Mock, Reply, secret_file};
@@ -68,24 +67,6 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -237,18 +218,15 @@ async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
         Mock::start(|_| Reply::json(200, json!({"access_token": "tok-run", "expires_in": 300})))
             .await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = write_config(
         dir.path(),
         &format!(
-            "defaults: {{ file: {{ dir: '{{dir}}' }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - {{ name: s, kind: oauth2, token_url: '{}', auth: none, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n",
+            "defaults: {{ file: {{ dir: '{{dir}}' }} }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - {{ name: s, kind: oauth2, token_url: '{}', auth: none, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n",
             mock.url("/t")
         ),
     );
-    let mut child = agent(&["run", "--config", &config])
-        .stderr(Stdio::null())
-        .spawn_guarded();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut child = AgentProcess::start(&mut agent(&["run", "--config", &config]));
+    let base = child.base_url().await;
     wait_for("readiness", async || {
         http_get(&format!("{base}/readyz"))
             .await
@@ -273,7 +251,7 @@ async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(post.status().as_u16(), 405);
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+    let (status, _) = tokio::task::spawn_blocking(move || child.terminate())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
@@ -283,25 +261,16 @@ async fn run_serves_endpoints_and_stops_cleanly_on_sigterm() {
 async fn dev_writes_rotating_tokens_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    let port = free_port();
-    let mut child = agent(&[
+    let mut child = AgentProcess::start(&mut agent(&[
         "dev",
         "--dir",
         tokens.to_str().unwrap(),
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--token-ttl",
         "2s",
-    ])
-    .stderr(Stdio::piped())
-    .spawn_guarded();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    ]));
+    let base = child.base_url().await;
     let read = |name: &str| std::fs::read_to_string(tokens.join(name)).unwrap_or_default();
     wait_for("first token", async || !read("demo-api.token").is_empty()).await;
     let first = read("demo-api.token");
@@ -311,19 +280,16 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     })
     .await;
     assert!(read("demo.env").starts_with("DEMO_ENV_TOKEN='"));
-    let (code, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap();
+    let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
     assert_eq!(code, 200);
     assert!(
         metrics.contains("token_agent_token_valid{source=\"demo-api\"} 1"),
         "{metrics}"
     );
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+    let (status, log) = tokio::task::spawn_blocking(move || child.terminate())
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let log = log.join().unwrap().join("\n");
     assert!(log.contains("token refreshed"), "{log}");
     assert!(!log.contains(&first), "the token never appears in the log");
     assert!(
@@ -332,57 +298,108 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     );
 }
 
-/// Everything an agent run printed and served, for the secret sentinel checks.
+/// Everything an agent run printed, served and left on disk, for the secret sentinel checks.
 struct Observed {
     printed: String,
     metrics: String,
     ready: String,
+    /// Every file under the sink directory, by path.
+    files: Vec<(String, String)>,
+}
+
+/// The inside of `s` as a JSON string: how a JSON log line writes it.
+fn json_escaped(s: &str) -> String {
+    let json = serde_json::to_string(s).unwrap();
+    json[1..json.len() - 1].to_owned()
+}
+
+/// `s` as it is and in every encoding a careless log line or an echoing server could carry
+/// it in: base64 (standard, URL-safe, with and without padding), URL-encoded (`+` or `%20`)
+/// and escaped inside a JSON string (also with `\/`); each also as a JSON log writes it.
+fn encoded_forms(s: &str) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let url: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+    let json = json_escaped(s);
+    let forms = [
+        s.to_owned(),
+        STANDARD.encode(s),
+        STANDARD_NO_PAD.encode(s),
+        URL_SAFE.encode(s),
+        URL_SAFE_NO_PAD.encode(s),
+        url.replace('+', "%20"),
+        url,
+        json.replace('/', "\\/"),
+        json,
+    ];
+    let logged = forms.iter().map(|f| json_escaped(f));
+    forms.iter().cloned().chain(logged).collect()
 }
 
 impl Observed {
-    fn assert_absent(&self, needles: &[&str]) {
+    /// Neither the credentials nor the tokens, in any form, were printed or served; no
+    /// credential is in any file the sinks wrote.
+    fn assert_absent(&self, credentials: &[&str], tokens: &[&str]) {
+        let forms = |needles: &[&str]| -> Vec<String> {
+            needles.iter().flat_map(|n| encoded_forms(n)).collect()
+        };
+        let (credentials, tokens) = (forms(credentials), forms(tokens));
         for (what, body) in [
             ("output", &self.printed),
             ("metrics", &self.metrics),
             ("readyz", &self.ready),
         ] {
-            for needle in needles {
+            for needle in credentials.iter().chain(&tokens) {
                 assert!(!body.contains(needle), "{needle} leaked into {what}");
+            }
+        }
+        for (path, body) in &self.files {
+            for needle in &credentials {
+                assert!(!body.contains(needle), "{needle} leaked into {path}");
             }
         }
     }
 }
 
+/// Every file below `dir`, read as text.
+fn files_below(dir: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_below(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            found.push((
+                path.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+    }
+    found
+}
+
 /// Runs `args` at trace level until `done`, scrapes `/metrics` and `/readyz`, stops it with
-/// SIGTERM (asserting exit 0) and returns what it printed and served.
+/// SIGTERM (asserting exit 0) and returns what it printed, served and wrote below `sinks`.
 async fn observe(
     args: &[&str],
-    port: u16,
+    sinks: &Path,
     what: &str,
     done: impl AsyncFnMut() -> bool,
 ) -> Observed {
-    let mut child = agent(args)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn_guarded();
-    let drain = |pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || std::io::read_to_string(pipe).unwrap_or_default())
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let mut child = AgentProcess::start(agent(args).env("RUST_LOG", "trace"));
+    let base = child.base_url().await;
     wait_for(what, done).await;
-    let base = format!("http://127.0.0.1:{port}");
     let (_, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
     let (_, ready) = http_get(&format!("{base}/readyz")).await.unwrap();
-    let status = tokio::task::spawn_blocking(move || terminate(&mut child))
+    let (status, printed) = tokio::task::spawn_blocking(move || child.terminate())
         .await
         .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{printed}");
     Observed {
-        printed: format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap()),
+        printed,
         metrics,
         ready,
+        files: files_below(sinks),
     }
 }
 
@@ -391,20 +408,28 @@ async fn observe(
 /// and the tokens.
 #[tokio::test]
 async fn no_credential_or_token_is_ever_printed_or_served() {
-    const SECRET: &str = "SENTINEL-SECRET-7d1f0c";
-    const ID: &str = "SENTINEL-CLIENT-ID-99ab";
-    const TOKEN: &str = "SENTINEL-TOKEN-4e2a9b";
+    // `/`, `+`, `=` and `@` make every encoded form differ from the plain one.
+    const SECRET: &str = "SENTINEL/SECRET+7d1f=0c";
+    const ID: &str = "SENTINEL@CLIENT-ID-99ab";
+    const TOKEN: &str = "SENTINEL+TOKEN/4e2a9b";
     let calls = std::sync::atomic::AtomicUsize::new(0);
-    let mock = Mock::start(move |_| match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 {
-        0 => Reply::json(200, json!({"access_token": format!("{TOKEN}-{}", fastrand::u64(..)), "expires_in": 2})),
-        // An issuer that echoes the credential back in its error must not get it logged.
-        1 => Reply::json(401, json!({"error": "invalid_client", "error_description": format!("client {ID} secret {SECRET} rejected")})),
-        _ => Reply::text(500, &format!("internal error for {SECRET}")),
+    let mock = Mock::start(move |r| {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        // An issuer that echoes the credentials back, in every form, must not get them logged:
+        // the Authorization header and the form body it received as they are, the secret in
+        // base64, and inside JSON with `/` escaped (PHP's json_encode).
+        let authorization = r.header("authorization").unwrap_or("none").to_owned();
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 {
+            0 => Reply::json(200, json!({"access_token": format!("{TOKEN}-{}", fastrand::u64(..)), "expires_in": 2})),
+            1 => Reply::json(401, json!({"error": "invalid_client", "error_description": format!("client {ID} secret {SECRET} rejected; you sent {authorization} and {body}; hint {}", STANDARD.encode(SECRET))})),
+            _ => Reply::text(500, &format!(r#"internal error {{"client_secret":"{}"}}"#, SECRET.replace('/', "\\/"))),
+        }
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
     let secret_path = secret_file(dir.path(), "secret", SECRET);
-    let port = free_port();
     let source = |name: &str, auth: &str| {
         format!(
             "  - name: {name}\n    kind: oauth2\n    auth: {auth}\n    token_url: '{}'\n    client_id: {ID}\n    client_secret: {{ file: '{secret_path}' }}\n    sinks: [ {{ file: {{ path: {name}.token }} }}, {{ file: {{ path: {name}.json, format: json }} }}, {{ file: {{ path: {name}.env, format: env }} }} ]\n",
@@ -414,20 +439,19 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
     let config = write_config(
         dir.path(),
         &format!(
-            "defaults: {{ file: {{ dir: '{{dir}}' }}, retry: {{ initial: 100ms, max: 200ms }}, refresh: {{ min_interval: 100ms }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n{}{}",
+            "defaults: {{ file: {{ dir: '{{dir}}' }}, retry: {{ initial: 100ms, max: 200ms }}, refresh: {{ min_interval: 100ms }} }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n{}{}",
             source("basic", "basic"),
             source("post", "post")
         ),
     );
     let seen = observe(
         &["--log-format", "json", "run", "--config", &config],
-        port,
+        &dir.path().join("tokens"),
         "several refresh cycles",
         async || mock.requests().len() >= 12,
     )
     .await;
     let printed = &seen.printed;
-
     assert!(
         printed.contains("refresh failed"),
         "the failures were logged"
@@ -440,8 +464,24 @@ async fn no_credential_or_token_is_ever_printed_or_served() {
     let written = std::fs::read_to_string(dir.path().join("tokens/basic.token")).unwrap();
     assert!(written.starts_with(TOKEN), "the sink did receive the token");
     let basic = mock.requests().iter().find_map(|r| r.basic_raw()).unwrap();
-    assert_eq!(basic.1, SECRET, "the credential did go over the wire");
-    seen.assert_absent(&[SECRET, ID, TOKEN, "SENTINEL-QUERY"]);
+    let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+    assert_eq!(basic.1, encoded, "the credential did go over the wire");
+    // The Basic credentials as sent: base64 of `id:secret`, which no form of either holds.
+    let headers: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            Some(
+                r.header("authorization")?
+                    .strip_prefix("Basic ")?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(!headers.is_empty());
+    let mut credentials = vec![SECRET, ID, "SENTINEL-QUERY"];
+    credentials.extend(headers.iter().map(String::as_str));
+    seen.assert_absent(&credentials, &[TOKEN]);
 }
 
 /// The same promise for every kind: mindsphere (all tenants), odin_oa, http and exec, at
@@ -471,11 +511,10 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
     let oa_password = file("oa", "SENTINEL-OA-PASSWORD");
     let http_key = file("key", "SENTINEL-HTTP-KEY");
     let exec_key = file("exec", "SENTINEL-EXEC-KEY");
-    let port = free_port();
     let config = write_config(
         dir.path(),
         &format!(
-            "defaults: {{ file: {{ dir: '{{dir}}' }}, retry: {{ initial: 100ms, max: 200ms }}, refresh: {{ min_interval: 100ms }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n\
+            "defaults: {{ file: {{ dir: '{{dir}}' }}, retry: {{ initial: 100ms, max: 200ms }}, refresh: {{ min_interval: 100ms }} }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n\
   - {{ name: mdsp, kind: mindsphere, base_url: '{}', client_id: mdsp-client, client_secret: {{ file: '{mdsp_secret}' }}, app_name: a, app_version: '1', host_tenant: hosttenant, all_tenants: true, sinks: [ {{ file: {{ path: 'mdsp/{{tenant}}.token' }} }} ] }}\n\
   - {{ name: oa, kind: odin_oa, url: '{}', username: u, password: {{ file: '{oa_password}' }}, account_id: 1, ttl: 10s, sinks: [ {{ file: {{ path: oa.token }} }} ] }}\n\
   - {{ name: web, kind: http, url: \"{}?k={{{{ secret('key') }}}}\", headers: {{ X-Api-Key: \"{{{{ secret('key') }}}}\" }}, secrets: {{ key: {{ file: '{http_key}' }} }}, sinks: [ {{ file: {{ path: web.token }} }} ] }}\n\
@@ -488,7 +527,7 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
     let tokens = dir.path().join("tokens");
     let seen = observe(
         &["run", "--config", &config],
-        port,
+        &tokens,
         "tokens of every kind and a failing http source",
         async || {
             tokens.join("oa.token").exists()
@@ -504,20 +543,20 @@ async fn no_kind_prints_or_serves_its_credentials_or_tokens() {
         "the http error was logged, scrubbed"
     );
 
-    let mut needles: Vec<String> = [
+    let credentials = [
         "SENTINEL-MDSP-SECRET",
         "SENTINEL-OA-PASSWORD",
         "SENTINEL-HTTP-KEY",
         "SENTINEL-EXEC-KEY",
-        OA_TOKEN,
-        "SENTINEL-EXEC-TOKEN",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
+    let mut tokens_issued: Vec<String> = [OA_TOKEN, "SENTINEL-EXEC-TOKEN"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for t in ["t1", "t2", "t3"] {
-        needles.push(std::fs::read_to_string(tokens.join(format!("mdsp/{t}.token"))).unwrap());
+        tokens_issued
+            .push(std::fs::read_to_string(tokens.join(format!("mdsp/{t}.token"))).unwrap());
     }
-    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
-    seen.assert_absent(&needles);
+    let tokens_issued: Vec<&str> = tokens_issued.iter().map(String::as_str).collect();
+    seen.assert_absent(&credentials, &tokens_issued);
 }

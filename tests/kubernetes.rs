@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::SpawnGuarded;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use common::process::AgentProcess;
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -42,30 +41,24 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.kubeconfig(dir.path(), "team-a");
     std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
-    let port = common::free_port();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - secret: {{ name: orders-token, keys: {{ expires_at: expires-at }} }}\n      - file: {{ path: orders.token }}\n",
+            "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - secret: {{ name: orders-token, keys: {{ expires_at: expires-at }} }}\n      - file: {{ path: orders.token }}\n",
             dir.path().join("tokens").display(),
             issuer.token_url(),
             dir.path().join("client-secret").display()
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn_guarded();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let mut child = AgentProcess::start(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info"),
+    );
+    let base = child.base_url().await;
     let file =
         || std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap_or_default();
 
@@ -131,7 +124,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         "a 403 leaves the previous value in place"
     );
     token_agent::install_crypto_provider();
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
@@ -146,7 +139,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     // also have landed in both sinks).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        let ready = reqwest::get(format!("{base}/readyz"))
             .await
             .unwrap()
             .status()
@@ -172,12 +165,10 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     })
     .await;
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+    let (status, logs) = tokio::task::spawn_blocking(move || child.terminate())
+        .await
         .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let logs = logs.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
     assert!(
         logs.contains("needs `get`, `create` and `patch` on `secrets` in namespace `team-a`"),
         "{logs}"

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{Running, SpawnGuarded, free_port};
-use std::process::{Command, Stdio};
+use common::process::AgentProcess;
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -238,20 +238,19 @@ async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
         issuer,
         dir,
         kubeconfig,
-        ports,
     } = Replicas::start().await;
     let portal = common::api_portal::Portal::default();
     let mock = portal.start().await;
     std::fs::write(dir.path().join("portal-password"), "appr0ver-pw").unwrap();
-    let configs = ports.map(|port| {
+    let configs = [0, 1].map(|replica| {
         // Each replica has its own pod: its own token and state directories.
-        let path = dir.path().join(format!("config-{port}.yaml"));
+        let path = dir.path().join(format!("config-{replica}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}\nstate_dir: '{}'\ndefaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - file: {{ path: orders.token }}\n      - api_portal: {{ url: 'http://{}', username: approver, password: {{ file: '{}' }}, user: u-1, properties: [ {{ key: applicationName, value: App }}, {{ key: Access Token Type, value: API Key }}, {{ key: x-Api-Key, value: '{{{{ token }}}}' }} ] }}\n",
-                dir.path().join(format!("state-{port}")).display(),
-                dir.path().join(format!("tokens-{port}")).display(),
+                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}\nstate_dir: '{}'\ndefaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - file: {{ path: orders.token }}\n      - api_portal: {{ url: 'http://{}', username: approver, password: {{ file: '{}' }}, user: u-1, properties: [ {{ key: applicationName, value: App }}, {{ key: Access Token Type, value: API Key }}, {{ key: x-Api-Key, value: '{{{{ token }}}}' }} ] }}\n",
+                dir.path().join(format!("state-{replica}")).display(),
+                dir.path().join(format!("tokens-{replica}")).display(),
                 issuer.token_url(),
                 dir.path().join("secret").display(),
                 mock.addr,
@@ -261,13 +260,17 @@ async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
         .unwrap();
         path
     });
-    let agents = [
+    let mut agents = [
         spawn(&configs[0], &kubeconfig, "agent-0"),
         spawn(&configs[1], &kubeconfig, "agent-1"),
     ];
+    let bases = [agents[0].base_url().await, agents[1].base_url().await];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let states = [leader_metric(ports[0]).await, leader_metric(ports[1]).await];
+        let states = [
+            leader_metric(&bases[0]).await,
+            leader_metric(&bases[1]).await,
+        ];
         if matches!(states, [Some(a), Some(b)] if a ^ b)
             && !portal.entries.lock().unwrap().is_empty()
         {
@@ -288,13 +291,12 @@ async fn two_replicas_with_an_api_portal_sink_create_one_portal_entry() {
 }
 
 /// What two agent replicas share: the API stand-in, an issuer (client `c`, secret `s` in the
-/// file `secret`), a directory with the kubeconfig, and a metrics port each.
+/// file `secret`) and a directory with the kubeconfig.
 struct Replicas {
     api: KubeApi,
     issuer: token_agent::dev::issuer::Issuer,
     dir: tempfile::TempDir,
     kubeconfig: std::path::PathBuf,
-    ports: [u16; 2],
 }
 
 impl Replicas {
@@ -307,33 +309,31 @@ impl Replicas {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.kubeconfig(dir.path(), "team-a");
         std::fs::write(dir.path().join("secret"), "s").unwrap();
-        let ports = [0, 1].map(|_| free_port());
         Replicas {
             api,
             issuer,
             dir,
             kubeconfig,
-            ports,
         }
     }
 }
 
-fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> Running {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--leader-elect",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", name)
-        .stderr(Stdio::null())
-        .spawn_guarded()
+fn spawn(config: &std::path::Path, kubeconfig: &std::path::Path, name: &str) -> AgentProcess {
+    AgentProcess::start(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--leader-elect",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", name),
+    )
 }
 
-async fn leader_metric(port: u16) -> Option<bool> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+async fn leader_metric(base: &str) -> Option<bool> {
+    let body = reqwest::get(format!("{base}/metrics"))
         .await
         .ok()?
         .text()
@@ -351,14 +351,13 @@ async fn two_agents_one_writer_and_failover() {
         issuer,
         dir,
         kubeconfig,
-        ports,
     } = Replicas::start().await;
-    let configs = ports.map(|port| {
-        let path = dir.path().join(format!("config-{port}.yaml"));
+    let configs = [0, 1].map(|replica| {
+        let path = dir.path().join(format!("config-{replica}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: [ {{ secret: {{ name: orders-token }} }} ]\n",
+                "leader_election: {{ lease: agents, duration: 2s, renew_every: 500ms }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: [ {{ secret: {{ name: orders-token }} }} ]\n",
                 issuer.token_url(),
                 dir.path().join("secret").display()
             ),
@@ -370,10 +369,14 @@ async fn two_agents_one_writer_and_failover() {
         spawn(&configs[0], &kubeconfig, "agent-0"),
         spawn(&configs[1], &kubeconfig, "agent-1"),
     ];
+    let bases = [agents[0].base_url().await, agents[1].base_url().await];
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
-        let states = [leader_metric(ports[0]).await, leader_metric(ports[1]).await];
+        let states = [
+            leader_metric(&bases[0]).await,
+            leader_metric(&bases[1]).await,
+        ];
         if let [Some(a), Some(b)] = states {
             if a ^ b && api.get("Secret", "team-a", "orders-token").is_some() {
                 break if a { 0 } else { 1 };
@@ -387,7 +390,7 @@ async fn two_agents_one_writer_and_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(issuer.issued(), 1, "only the leader fetched");
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", ports[1 - leader]))
+    let ready = reqwest::get(format!("{}/readyz", bases[1 - leader]))
         .await
         .unwrap();
     assert_eq!(
@@ -402,7 +405,7 @@ async fn two_agents_one_writer_and_failover() {
     let follower = 1 - leader;
     let killed_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while leader_metric(ports[follower]).await != Some(true) {
+    while leader_metric(&bases[follower]).await != Some(true) {
         assert!(Instant::now() < deadline, "the follower never took over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

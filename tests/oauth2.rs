@@ -317,11 +317,11 @@ async fn transport_and_response_failures_are_classified() {
         assert!(err.contains(want), "want `{want}` in `{err}`");
         assert!(!dir.path().join("s.token").exists());
     }
-    let (r, _) = run(&source("http://127.0.0.1:1/t", "    auth: none\n")).await;
-    assert!(
-        r.unwrap_err()
-            .contains("cannot connect to http://127.0.0.1:1/t")
-    );
+    let (_held, refusing) = common::refusing_addr();
+    let url = format!("http://{refusing}/t");
+    let (r, _) = run(&source(&url, "    auth: none\n")).await;
+    let err = r.unwrap_err();
+    assert!(err.contains(&format!("cannot connect to {url}")), "{err}");
 }
 
 #[tokio::test]

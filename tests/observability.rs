@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::SpawnGuarded;
+use common::process::AgentProcess;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,46 +18,34 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
 
 struct Agent {
-    child: common::Running,
+    process: AgentProcess,
     base: String,
-    logs: std::thread::JoinHandle<Vec<String>>,
 }
 
 impl Agent {
-    fn start(dir: &std::path::Path, token_url: &str) -> Agent {
-        let port = common::free_port();
+    async fn start(dir: &std::path::Path, token_url: &str) -> Agent {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
             format!(
-                "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ at: 50%, min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:{port}' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{token_url}'\n    auth: none\n    sinks:\n      - file: {{ path: orders.token }}\n      - file: {{ path: orders.json, format: json }}\n",
+                "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ at: 50%, min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{token_url}'\n    auth: none\n    sinks:\n      - file: {{ path: orders.token }}\n      - file: {{ path: orders.json, format: json }}\n",
                 dir.join("tokens").display()
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn_guarded();
-        let stderr = child.stderr.take().unwrap();
-        let logs = std::thread::spawn(move || {
-            BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect()
-        });
-        Agent {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            logs,
-        }
+        let mut process = AgentProcess::start(
+            Command::new(BIN)
+                .args([
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--config",
+                    config.to_str().unwrap(),
+                ])
+                .env("RUST_LOG", "info"),
+        );
+        let base = process.base_url().await;
+        Agent { process, base }
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -83,13 +70,13 @@ impl Agent {
         (code, serde_json::from_str(&body).unwrap())
     }
 
-    fn stop(mut self) -> Vec<String> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
+    async fn stop(self) -> Vec<String> {
+        let process = self.process;
+        let (status, printed) = tokio::task::spawn_blocking(move || process.terminate())
+            .await
             .unwrap();
-        assert_eq!(self.child.wait().unwrap().code(), Some(0));
-        self.logs.join().unwrap()
+        assert_eq!(status.code(), Some(0), "{printed}");
+        printed.lines().map(str::to_owned).collect()
     }
 }
 
@@ -146,7 +133,7 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), &mock.url("/token?secret-query=x"));
+    let agent = Agent::start(dir.path(), &mock.url("/token?secret-query=x")).await;
 
     // 1. The IdP is down: not ready, failures counted by reason.
     until("a failure", || async {
@@ -232,7 +219,7 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
     assert_eq!(m["token_agent_token_valid{source=\"orders\"}"], 0.0);
 
     // Logs: JSON, one event per attempt with source, outcome, duration and times.
-    let logs = agent.stop();
+    let logs = agent.stop().await;
     let events: Vec<serde_json::Value> = logs
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
@@ -276,7 +263,7 @@ async fn malformed_requests_get_plain_errors() {
     let mock =
         Mock::start(|_| Reply::json(200, json!({"access_token": "t", "expires_in": 300}))).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), &mock.url("/t"));
+    let agent = Agent::start(dir.path(), &mock.url("/t")).await;
     assert_eq!(agent.get("/nope").await.0, 404);
     let client = reqwest::Client::new();
     assert_eq!(
@@ -305,7 +292,7 @@ async fn malformed_requests_get_plain_errors() {
         200,
         "still serving afterwards"
     );
-    agent.stop();
+    agent.stop().await;
 }
 
 /// Slow-loris and connection floods: a client that never finishes its headers is cut off

@@ -5,6 +5,7 @@
 pub mod api_portal;
 pub mod kube_api;
 pub mod mindsphere;
+pub mod process;
 pub mod vendors;
 
 use std::net::SocketAddr;
@@ -261,11 +262,11 @@ impl SpawnGuarded for std::process::Command {
     }
 }
 
-/// A port that was free a moment ago (bound and released), for a server the test starts.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// An address nothing accepts on, held for as long as the socket lives: bound but not
+/// listening, so a connection is refused and no other process can take the port meanwhile.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
