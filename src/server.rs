@@ -73,12 +73,17 @@ pub const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 /// handful: a flood cannot take the agent's memory or file descriptors.
 pub const MAX_CONNECTIONS: usize = 32;
 
+/// Largest request head (request line and headers) read; a bigger one gets HTTP 431. A probe
+/// or a scrape sends a few hundred bytes, and hyper's default (~400 KiB) times
+/// [`MAX_CONNECTIONS`] would be memory a client could make the agent hold.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// Grace period for open connections after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` turns true, then waits for open connections to finish: HTTP/1.1, one
-/// request per connection, each bounded by [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIMIT`], at
-/// most [`MAX_CONNECTIONS`] at once.
+/// request per connection, each bounded by [`HEADER_READ_TIMEOUT`], [`MAX_REQUEST_HEAD`] and
+/// [`CONNECTION_LIMIT`], at most [`MAX_CONNECTIONS`] at once.
 ///
 /// hyper's own connection builder rather than `axum::serve`, which sets no timer and so no
 /// header-read timeout, and has no connection cap.
@@ -117,6 +122,7 @@ pub async fn serve(
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);

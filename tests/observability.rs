@@ -70,6 +70,14 @@ impl Agent {
         (code, serde_json::from_str(&body).unwrap())
     }
 
+    /// How many times the agent has logged a failure with no valid token in place.
+    fn no_token_events(&self) -> usize {
+        self.process
+            .printed()
+            .matches("refresh failed and no valid token is available")
+            .count()
+    }
+
     async fn stop(self) -> Vec<String> {
         let process = self.process;
         let (status, printed) = tokio::task::spawn_blocking(move || process.terminate())
@@ -205,8 +213,13 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
     assert_eq!((code, health.as_str()), (200, "ok\n"));
 
     // 3. Down again: the token in place expires and readiness drops.
+    let no_token_yet = agent.no_token_events();
     up.store(false, Ordering::SeqCst);
     until("expiry", || async { agent.readyz().await.0 == 503 }).await;
+    until("a failed attempt after the expiry", || async {
+        agent.no_token_events() > no_token_yet
+    })
+    .await;
     let (_, ready) = agent.readyz().await;
     assert_eq!(ready["sources"][0]["ready"], false);
     assert_eq!(ready["sources"][0]["last_error_reason"], "http_5xx");
@@ -251,11 +264,55 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
             .unwrap()
             .contains("answered HTTP 503: temporarily_unavailable")
     );
-    assert!(events.iter().any(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("expires soon") || m.contains("no valid token"))
-    }));
+    // Failures escalate with what is left: at the start (nothing in place) an error; after
+    // the last success, while the token lives, a warning, then a louder one in its last
+    // quarter, then an error once it has expired.
+    let said = |e: &serde_json::Value| {
+        (
+            e["level"].as_str().unwrap_or_default().to_owned(),
+            e["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let failures = |events: &[serde_json::Value]| -> Vec<(String, String)> {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for e in events
+            .iter()
+            .filter(|e| e["outcome"] == "failure")
+            .map(said)
+        {
+            if seen.last() != Some(&e) {
+                seen.push(e);
+            }
+        }
+        seen
+    };
+    let no_token = (
+        "ERROR".to_owned(),
+        "refresh failed and no valid token is available".to_owned(),
+    );
+    let first_success = events
+        .iter()
+        .position(|e| e["outcome"] == "success")
+        .unwrap();
+    let last_success = events
+        .iter()
+        .rposition(|e| e["outcome"] == "success")
+        .unwrap();
+    assert_eq!(failures(&events[..first_success]), [no_token.clone()]);
+    assert_eq!(
+        failures(&events[last_success..]),
+        [
+            (
+                "WARN".to_owned(),
+                "refresh failed; the current token stays in place".to_owned()
+            ),
+            (
+                "WARN".to_owned(),
+                "refresh keeps failing and the token in place expires soon".to_owned()
+            ),
+            no_token
+        ]
+    );
 }
 
 #[tokio::test]
@@ -276,17 +333,16 @@ async fn malformed_requests_get_plain_errors() {
             .as_u16(),
         405
     );
-    let huge = "x".repeat(1024 * 1024);
+    // Over the limit, yet small enough that the whole request is sent before the agent
+    // answers and closes: the answer is always readable.
+    let huge = "x".repeat(2 * token_agent::server::MAX_REQUEST_HEAD);
     let r = client
         .get(format!("{}/metrics", agent.base))
         .header("x-huge", huge)
         .send()
-        .await;
-    let status = r.as_ref().map(|r| r.status().as_u16());
-    assert!(
-        matches!(status, Ok(431) | Err(_)),
-        "huge headers are refused: {status:?}"
-    );
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 431, "huge headers are refused");
     assert_eq!(
         agent.get("/healthz").await.0,
         200,
