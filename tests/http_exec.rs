@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::mindsphere::{BASE, MindSphere};
-use common::{Mock, Reply, vendors};
+use common::{Mock, Reply, example, vendors};
 use token_agent::agent::{Agent, OnceOutcome};
 use token_agent::clock::Clock;
 use token_agent::config::Config;
@@ -21,34 +21,6 @@ async fn once_yaml(yaml: &str) -> OnceOutcome {
         .once()
         .await
         .remove(0)
-}
-
-/// A shipped example with its host and token directory replaced, and its secrets set.
-fn example(name: &str, host: &str, mock: &Mock, dir: &Path, secrets: &[(&str, &str)]) -> String {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(name),
-    )
-    .unwrap();
-    let mut text = text
-        .replace(host, &format!("http://{}", mock.addr))
-        .replace("/var/run/tokens", &dir.display().to_string());
-    for (reference, value) in secrets {
-        if let Some(file) = reference.strip_prefix("file:") {
-            let path = dir.join(file.trim_start_matches('/').replace('/', "_"));
-            std::fs::write(&path, value).unwrap();
-            text = text.replace(file, &path.display().to_string());
-        } else {
-            // `{ env: NAME }` becomes a file holding the value: setting variables in a
-            // process whose other tests run in parallel threads is a data race.
-            let path = dir.join(format!("env-{reference}"));
-            std::fs::write(&path, value).unwrap();
-            let file = format!("{{ file: '{}' }}", path.display());
-            text = text.replace(&format!("{{ env: {reference} }}"), &file);
-        }
-    }
-    text
 }
 
 #[tokio::test]

@@ -188,6 +188,33 @@ async fn apinizer_variant_and_its_documented_errors() {
     );
 }
 
+/// The shipped example as a user copies it, against the mock written from the document.
+#[tokio::test]
+async fn the_appviewx_example_works_against_the_appviewx_mock() {
+    let mock = Mock::start(vendors::appviewx("avx-id", "55AU#NO8%*Z")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = common::example(
+        "appviewx.yaml",
+        "https://appviewx.example.com:31443",
+        &mock,
+        dir.path(),
+        &[
+            ("AVX_CLIENT_ID", "avx-id"),
+            (
+                "file:/var/run/secrets/appviewx/client-secret",
+                "55AU#NO8%*Z",
+            ),
+        ],
+    );
+    let out = once(&yaml, dir.path()).await;
+    out[0].result.as_ref().unwrap();
+    assert!(
+        std::fs::read_to_string(dir.path().join("appviewx.token"))
+            .unwrap()
+            .starts_with("ey")
+    );
+}
+
 #[tokio::test]
 async fn appviewx_variant_and_its_documented_errors() {
     let mock = Mock::start(vendors::appviewx("97074e41-8af9", "55AU#NO8%*Zhgv")).await;
@@ -211,7 +238,7 @@ async fn appviewx_variant_and_its_documented_errors() {
     for (id, secret, want_error) in cases {
         let secret = secret_file(tmp.path(), "avx", secret);
         let extra = format!(
-            "    auth: basic_raw\n    client_id: '{id}'\n    client_secret: {{ file: '{secret}' }}\n    response: {{ token: /response }}\n"
+            "    auth: basic_raw\n    grant_type: Client_Credentials\n    client_id: '{id}'\n    client_secret: {{ file: '{secret}' }}\n    response: {{ token: /response }}\n"
         );
         let (result, dir) = run(&source(&url, &extra)).await;
         match want_error {
@@ -233,20 +260,33 @@ async fn appviewx_variant_and_its_documented_errors() {
     // Without credentials the gateway says ACCT_SA_001.
     let (result, _) = run(&source(
         &url,
-        "    auth: none\n    response: { token: /response }\n",
+        "    auth: none\n    grant_type: Client_Credentials\n    response: { token: /response }\n",
     ))
     .await;
     assert!(result.unwrap_err().contains("ACCT_SA_001"));
-    // Requests carried the raw (not form-encoded) secret and a form grant_type.
+    // RFC 6749's lowercase value is not the document's: the gateway's generic error.
+    let secret = secret_file(tmp.path(), "avx", "55AU#NO8%*Zhgv");
+    let (result, _) = run(&source(
+        &url,
+        &format!("    auth: basic_raw\n    client_id: '97074e41-8af9'\n    client_secret: {{ file: '{secret}' }}\n    response: {{ token: /response }}\n"),
+    ))
+    .await;
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("HTTP 500: avx-common-011: Error while processing."),
+        "{err}"
+    );
+    // Requests carried the raw (not form-encoded) secret and the grant as a form.
     let first = &mock.requests()[0];
     assert_eq!(
         first.basic_raw(),
         Some(("97074e41-8af9".into(), "55AU#NO8%*Zhgv".into()))
     );
     assert_eq!(
-        first.form_value("grant_type").as_deref(),
-        Some("client_credentials")
+        first.header("content-type"),
+        Some("application/x-www-form-urlencoded")
     );
+    assert_eq!(first.body, b"grant_type=Client_Credentials");
 }
 
 #[tokio::test]

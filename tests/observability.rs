@@ -298,7 +298,10 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
         .iter()
         .rposition(|e| e["outcome"] == "success")
         .unwrap();
-    assert_eq!(failures(&events[..first_success]), [no_token.clone()]);
+    assert_eq!(
+        failures(&events[..first_success]),
+        std::slice::from_ref(&no_token)
+    );
     assert_eq!(
         failures(&events[last_success..]),
         [

@@ -78,8 +78,10 @@ fn avx_error(status: u16, code: &str, message: &str) -> Reply {
 }
 
 /// AppViewX `POST /avxapi/acctmgmt-get-service-token?gwsource=external` (seed 002).
-/// HTTP Basic over the raw `clientId:secret`; the body may be a form
-/// `grant_type=client_credentials`, empty, or JSON `{"payload":{"grant_type":…}}`.
+/// HTTP Basic over the raw `clientId:secret`, and the mandatory form parameter
+/// `grant_type=Client_Credentials`: the document's "Payload Type should be Form" and its
+/// sample request's `Content-Type: application/x-www-form-urlencoded` (its header table says
+/// JSON, but shows no JSON payload), and the value spelled as the document spells it.
 pub fn appviewx(
     client_id: &'static str,
     secret: &'static str,
@@ -91,14 +93,11 @@ pub fn appviewx(
         {
             return avx_error(404, "avx-common-404", "Resource not found");
         }
-        let grant_ok = r.body.is_empty()
-            || r.form_value("grant_type")
-                .is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"))
-            || r.json()
-                .pointer("/payload/grant_type")
-                .and_then(|g| g.as_str())
-                .is_some_and(|g| g.eq_ignore_ascii_case("client_credentials"));
-        if !grant_ok {
+        let form = r
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        let grant = r.form_value("grant_type");
+        if !form || grant.as_deref() != Some("Client_Credentials") {
             return avx_error(500, "avx-common-011", "Error while processing.");
         }
         match r.basic_raw() {
