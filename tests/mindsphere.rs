@@ -237,9 +237,7 @@ async fn throttling_is_honoured_and_stops_further_batches() {
     let names = tenants(12);
     let mut service = service_with(&names);
     service.retry_after = 2;
-    service
-        .throttle
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    service.throttle("/oauthTokens", 1);
     let mock = service.start().await;
     let dir = tempfile::tempdir().unwrap();
     let c = all_tenants_config(&mock, dir.path());
@@ -275,6 +273,155 @@ async fn throttling_is_honoured_and_stops_further_batches() {
             "token_agent_refresh_failures_total{reason=\"throttled\",source=\"mdsp\"} 12"
         )
     );
+}
+
+/// A 429 on the operator token or on the tenant listing fails the whole attempt, is counted
+/// as `throttled`, and the next attempt waits for `Retry-After` (2 s) over the 100 ms backoff.
+#[tokio::test]
+async fn throttling_of_the_operator_token_or_the_listing_is_honoured() {
+    for path in ["/oauth/token", "/userTenants"] {
+        let names = tenants(3);
+        let mut service = service_with(&names);
+        service.retry_after = 2;
+        service.throttle(path, 1);
+        let mock = service.start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::build(&all_tenants_config(&mock, dir.path()), Clock::system()).unwrap();
+        let view = agent.observability();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let task = tokio::spawn(agent.run(rx));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while files(&dir.path().join("mdsp")).len() < 3 {
+            assert!(Instant::now() < deadline, "{path}: no tokens after the 429");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = started.elapsed();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let reqs = mock.requests();
+        assert_eq!(
+            posts(&reqs, path).len(),
+            2,
+            "{path}: the 429, then one retry"
+        );
+        assert_eq!(
+            posts(&reqs, "/oauthTokens").len(),
+            1,
+            "{path}: no batch while throttled"
+        );
+        assert!(
+            took >= Duration::from_secs(2),
+            "{path}: Retry-After: 2 was honoured over the 100 ms backoff ({took:?})"
+        );
+        let metrics = view.metrics.encode();
+        assert!(
+            metrics.contains(
+                "token_agent_refresh_failures_total{reason=\"throttled\",source=\"mdsp\"} 1\n"
+            ),
+            "{path}: {metrics}"
+        );
+    }
+}
+
+/// With all tenants, a retry fetches only the tenants that are due (those whose batch failed),
+/// and the operator token is reused for each listing while it has more than a minute left.
+#[tokio::test]
+async fn only_due_tenants_are_refetched_and_the_operator_token_is_reused() {
+    let names = tenants(12);
+    let service = service_with(&names);
+    *service.failing_tenant.lock().unwrap() = Some("tenant007".into());
+    let mock = service.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::build(&all_tenants_config(&mock, dir.path()), Clock::system()).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(rx));
+    let wait_files = async |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while files(&dir.path().join("mdsp")).len() < n {
+            assert!(Instant::now() < deadline, "{n} tenants never got tokens");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_files(7).await;
+    // Let a retry or two fail as well, then let the batch through.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while posts(&mock.requests(), "/oauthTokens").len() < 5 {
+        assert!(Instant::now() < deadline, "no retry of the failed batch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    *service.failing_tenant.lock().unwrap() = None;
+    wait_files(12).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    let reqs = mock.requests();
+    let batches: Vec<Vec<String>> = posts(&reqs, "/oauthTokens")
+        .iter()
+        .map(|r| {
+            r.json()["userTenantIds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    let failed: Vec<String> = names[5..10].to_vec();
+    assert_eq!(
+        batches[..3],
+        [names[..5].to_vec(), failed.clone(), names[10..].to_vec()]
+    );
+    for later in &batches[3..] {
+        assert_eq!(
+            later, &failed,
+            "a retry asks only for the tenants that are due"
+        );
+    }
+    let listings = posts(&reqs, "/userTenants").len();
+    assert!(
+        listings >= 3,
+        "every attempt lists the tenants ({listings})"
+    );
+    assert_eq!(
+        posts(&reqs, "/oauth/token").len(),
+        1,
+        "one operator token (30 min) for {listings} listings"
+    );
+}
+
+/// An operator token with a minute or less left is not reused: with 3 s tokens, every
+/// listing gets a fresh one.
+#[tokio::test]
+async fn a_short_lived_operator_token_is_fetched_for_each_listing() {
+    let mut service = MindSphere::new(&["alpha"]);
+    service.lifetime = 3;
+    let mock = service.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::build(&all_tenants_config(&mock, dir.path()), Clock::system()).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while posts(&mock.requests(), "/userTenants").len() < 2 {
+        assert!(Instant::now() < deadline, "no second listing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    // The order of calls: each listing directly after its own operator token.
+    let calls: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.path.trim_start_matches(BASE).to_owned())
+        .filter(|p| p != "/oauthTokens")
+        .collect();
+    assert!(calls.len() >= 4, "{calls:?}");
+    for pair in calls.chunks(2) {
+        assert_eq!(pair[0], "/oauth/token", "{calls:?}");
+        if let Some(listing) = pair.get(1) {
+            assert_eq!(listing, "/userTenants", "{calls:?}");
+        }
+    }
 }
 
 #[tokio::test]

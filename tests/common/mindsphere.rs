@@ -2,7 +2,7 @@
 //! shared/vendor-apis.md §4: same paths, `X-SPACE-AUTH-KEY`, bodies, the 5-tenant batch limit,
 //! 100-id pages with bearer auth from an operator token, and `errors[]` bodies.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,8 +24,9 @@ pub struct MindSphere {
     pub lifetime: u64,
     /// `/oauthTokens` calls whose batch contains this tenant answer 500.
     pub failing_tenant: Arc<Mutex<Option<String>>>,
-    /// The next N `/oauthTokens` calls answer 429 with `Retry-After: retry_after`.
-    pub throttle: Arc<AtomicUsize>,
+    /// The next N calls to a path (`/oauth/token`, `/oauthTokens`, `/userTenants`) answer 429
+    /// with `Retry-After: retry_after` (see [`MindSphere::throttle`]).
+    throttled: Arc<Mutex<BTreeMap<&'static str, usize>>>,
     pub retry_after: u64,
     /// Operator tokens handed out (only those may list tenants).
     operator_tokens: Arc<Mutex<BTreeSet<String>>>,
@@ -48,7 +49,7 @@ impl MindSphere {
             tenants: Arc::new(Mutex::new(tenants.iter().map(|t| t.to_string()).collect())),
             lifetime: 1800,
             failing_tenant: Arc::default(),
-            throttle: Arc::default(),
+            throttled: Arc::default(),
             retry_after: 1,
             operator_tokens: Arc::default(),
             issued: Arc::default(),
@@ -58,6 +59,27 @@ impl MindSphere {
     pub async fn start(&self) -> Mock {
         let me = self.clone();
         Mock::start(move |r| me.handle(r)).await
+    }
+
+    /// Answers the next `times` calls to `path` (below [`BASE`]) with 429.
+    pub fn throttle(&self, path: &'static str, times: usize) {
+        self.throttled.lock().unwrap().insert(path, times);
+    }
+
+    /// 429 with `Retry-After` if `path` is throttled (and one throttled call fewer).
+    fn throttled(&self, path: &str) -> Option<Reply> {
+        let mut throttled = self.throttled.lock().unwrap();
+        let left = throttled.get_mut(path).filter(|n| **n > 0)?;
+        *left -= 1;
+        let mut reply = error(
+            429,
+            "mdsp.core.generic.tooManyRequests",
+            "Too many requests",
+        );
+        reply
+            .headers
+            .push(("retry-after", self.retry_after.to_string()));
+        Some(reply)
     }
 
     pub fn set_tenants(&self, tenants: &[&str]) {
@@ -91,6 +113,9 @@ impl MindSphere {
 
     fn handle(&self, r: &Recorded) -> Reply {
         let path = r.path.strip_prefix(BASE).unwrap_or("");
+        if let Some(reply) = self.throttled(path) {
+            return reply;
+        }
         match (r.method.as_str(), path) {
             ("POST", "/oauth/token") | ("POST", "/oauthTokens") => {
                 if !self.authorized(r) {
@@ -159,18 +184,6 @@ impl MindSphere {
     }
 
     fn batch(&self, body: &Value) -> Reply {
-        if self.throttle.load(Ordering::SeqCst) > 0 {
-            self.throttle.fetch_sub(1, Ordering::SeqCst);
-            let mut reply = error(
-                429,
-                "mdsp.core.generic.tooManyRequests",
-                "Too many requests",
-            );
-            reply
-                .headers
-                .push(("retry-after", self.retry_after.to_string()));
-            return reply;
-        }
         if body.get("hostTenantId").and_then(Value::as_str) != Some(self.host_tenant) {
             return error(403, "mdsp.core.generic.forbidden", "Unknown host tenant");
         }
@@ -228,7 +241,16 @@ impl MindSphere {
                 .find(|(q, _)| q == k)
                 .and_then(|(_, v)| v.parse::<usize>().ok())
         };
-        let (page, size) = (get("page").unwrap_or(0), get("size").unwrap_or(20));
+        // vendor-apis.md §4: `page` (0-based) and `size` (at most 100); the agent must say
+        // how many it wants rather than rely on a default the seed does not state.
+        let Some(size) = get("size") else {
+            return error(
+                400,
+                "mdsp.core.generic.invalidParameter",
+                "size is required",
+            );
+        };
+        let page = get("page").unwrap_or(0);
         if size == 0 || size > 100 {
             return error(
                 400,
