@@ -329,3 +329,90 @@ async fn a_secret_the_agent_did_not_create_is_never_taken_over() {
         "orders"
     );
 }
+
+/// An issuer that hands out the same token again (same value, same expiry) costs no API call:
+/// the Secret is created once, patched once when the token does change, and left alone
+/// otherwise, however often the agent refreshes (every 200 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_token_makes_no_kubernetes_api_call() {
+    let api = KubeApi::start(&["team-a"]).await;
+    let rotated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exp = common::unix_now() + 3600;
+    let (first, second) = (
+        common::fake_jwt(serde_json::json!({"exp": exp, "v": 1})),
+        common::fake_jwt(serde_json::json!({"exp": exp, "v": 2})),
+    );
+    let issuer = {
+        let (rotated, first, second) = (rotated.clone(), first.clone(), second.clone());
+        common::Mock::start(move |_| {
+            // No expires_in: the expiry is the JWT's, identical on every answer.
+            let token = if rotated.load(Ordering::SeqCst) {
+                &second
+            } else {
+                &first
+            };
+            common::Reply::json(200, serde_json::json!({"access_token": token}))
+        })
+        .await
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "defaults:\n  file: {{ dir: '{}' }}\n  refresh: {{ min_interval: 100ms, max_interval: 200ms }}\nserver: {{ enabled: false }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    auth: none\n    sinks:\n      - secret: {{ name: orders-token }}\n      - file: {{ path: orders.token }}\n",
+            dir.path().join("tokens").display(),
+            issuer.url("/t"),
+        ),
+    )
+    .unwrap();
+    let child = AgentProcess::start(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("KUBECONFIG", &kubeconfig),
+    );
+    let secret_calls = || -> Vec<String> {
+        api.store
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(_, path, _)| path.contains("/secrets"))
+            .map(|(method, _, _)| method.clone())
+            .collect()
+    };
+    let fetched = |n: usize| {
+        let issuer = &issuer;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while issuer.requests().len() < n {
+                assert!(Instant::now() < deadline, "fewer than {n} fetches");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    fetched(8).await;
+    until("the Secret", || {
+        secret_token(&api).is_some_and(|(t, _)| t == first)
+    })
+    .await;
+    assert_eq!(secret_calls(), ["GET", "POST"], "8 fetches of one token");
+
+    rotated.store(true, Ordering::SeqCst);
+    until("the new token in the Secret", || {
+        secret_token(&api).is_some_and(|(t, _)| t == second)
+    })
+    .await;
+    let now = issuer.requests().len();
+    fetched(now + 8).await;
+    assert_eq!(
+        secret_calls(),
+        ["GET", "POST", "PATCH"],
+        "one change, one write"
+    );
+    let (status, printed) = tokio::task::spawn_blocking(move || child.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{printed}");
+}
