@@ -36,21 +36,46 @@ fn check_token(token: &Token) {
     );
 }
 
-/// The configuration parser: any text either parses or gives located errors.
+/// The configuration parser: any text either parses or is refused with errors that each say
+/// where (a line and column inside the text, or a field path), and the answer is a function
+/// of the text alone: parsing it again gives the same configuration, warnings or errors.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match Config::parse(text, Path::new("fuzz.yaml")) {
+    let file = Path::new("fuzz.yaml");
+    let again = Config::parse(text, file);
+    match Config::parse(text, file) {
         Ok(config) => {
-            let _ = config.sources.len();
+            let again = again.expect("a configuration that parsed once parses again");
+            assert_eq!(
+                format!("{config:?}"),
+                format!("{again:?}"),
+                "parsed differently"
+            );
+            assert_eq!(config.warnings(), again.warnings(), "warned differently");
         }
         Err(errors) => {
-            let shown = errors.to_string();
-            assert!(
-                !shown.is_empty(),
-                "an empty error for a refused configuration"
-            );
+            assert!(!errors.0.is_empty(), "refused without an error");
+            let lines = text.lines().count().max(1);
+            for e in &errors.0 {
+                assert!(
+                    e.position.is_some() || !e.path.is_empty(),
+                    "an error without a location: {e}"
+                );
+                if let Some(p) = e.position {
+                    assert!(
+                        p.line >= 1 && p.line <= lines + 1 && p.column >= 1,
+                        "{e}: outside the {lines}-line text"
+                    );
+                }
+                assert!(!e.message.trim().is_empty(), "an error without a message");
+                assert_eq!(e.file, file, "{e}");
+            }
+            let again = again
+                .err()
+                .expect("a refused configuration is refused again");
+            assert_eq!(errors.to_string(), again.to_string(), "refused differently");
         }
     }
 }
@@ -80,9 +105,27 @@ pub fn oauth2_response(data: &[u8]) {
             let _ = e.to_string();
         }
     }
-    let _ = describe_error_body(body, &["fuzz-secret"])
-        .inspect(|d| assert!(!d.contains("fuzz-secret"), "secret in an error description"));
+    if let Some(described) = describe_error_body(body, &[SECRET]) {
+        for form in SECRET_FORMS {
+            assert!(!described.contains(form), "secret ({form}) in: {described}");
+        }
+    }
 }
+
+/// The credential the `oauth2_response` target hands the scrubber; seeds carry it in every
+/// form an issuer may echo it in.
+pub const SECRET: &str = "fuzz/secret+1";
+
+/// [`SECRET`] as it is, base64 (standard, URL-safe, unpadded), URL-encoded (`+`, `%20`) and
+/// JSON-escaped with `\/`, and inside a Basic credential, `base64(client:SECRET)`.
+pub const SECRET_FORMS: [&str; 6] = [
+    "fuzz/secret+1",
+    "ZnV6ei9zZWNyZXQrMQ==",
+    "ZnV6ei9zZWNyZXQrMQ",
+    "fuzz%2Fsecret%2B1",
+    "fuzz\\/secret+1",
+    "Y2xpZW50OmZ1enovc2VjcmV0KzE=",
+];
 
 /// MindSphere Token Management Service answers: single token, batch, `/userTenants` pages.
 pub fn mindsphere_response(data: &[u8]) {
