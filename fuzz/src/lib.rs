@@ -72,9 +72,9 @@ pub fn config(data: &[u8]) {
                 assert!(!e.message.trim().is_empty(), "an error without a message");
                 assert_eq!(e.file, file, "{e}");
             }
-            let again = again
-                .err()
-                .expect("a refused configuration is refused again");
+            let Err(again) = again else {
+                panic!("a refused configuration parsed the second time");
+            };
             assert_eq!(errors.to_string(), again.to_string(), "refused differently");
         }
     }
