@@ -25,6 +25,8 @@ pub mod redact;
 pub mod schedule;
 pub mod server;
 pub mod sink;
+#[cfg(test)]
+mod skipped;
 pub mod source;
 pub mod status;
 pub mod telemetry;

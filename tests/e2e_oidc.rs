@@ -6,6 +6,8 @@
 //! Without `tests/oidc/node_modules` the test says so and passes, unless
 //! `TOKEN_AGENT_REQUIRE_OIDC=1` (set by `.ci/run`) makes that a failure.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -41,8 +43,9 @@ fn start_provider(auth_method: &str) -> Option<Provider> {
             std::env::var_os("TOKEN_AGENT_REQUIRE_OIDC").is_none(),
             "tests/oidc/node_modules is missing (run `npm ci` there)"
         );
-        eprintln!(
-            "SKIPPED: run `npm ci` in tests/oidc to enable the oidc-provider end-to-end test"
+        common::skipped(
+            &format!("e2e_oidc ({auth_method})"),
+            "tests/oidc/node_modules is missing: run `npm ci` in tests/oidc",
         );
         return None;
     }

@@ -74,7 +74,10 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
             std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(),
             "cannot mount a tmpfs, and TOKEN_AGENT_REQUIRE_MOUNT is set"
         );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        common::skipped(
+            "volume::full_disk_and_read_only_volume_keep_the_old_token_and_recover",
+            "cannot mount a tmpfs here (needs root)",
+        );
         return;
     };
     let n = std::sync::Arc::new(AtomicU64::new(0));
