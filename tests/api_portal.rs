@@ -370,7 +370,7 @@ async fn planted_state_files_never_cause_a_delete() {
             std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(),
             "CI runs as root"
         );
-        common::skipped(
+        common::skipped::skipped(
             "api_portal: a state file another user owns",
             "chown needs root (the other planted files are checked)",
         );

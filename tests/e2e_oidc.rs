@@ -43,7 +43,7 @@ fn start_provider(auth_method: &str) -> Option<Provider> {
             std::env::var_os("TOKEN_AGENT_REQUIRE_OIDC").is_none(),
             "tests/oidc/node_modules is missing (run `npm ci` there)"
         );
-        common::skipped(
+        common::skipped::skipped(
             &format!("e2e_oidc ({auth_method})"),
             "tests/oidc/node_modules is missing: run `npm ci` in tests/oidc",
         );

@@ -74,7 +74,7 @@ async fn full_disk_and_read_only_volume_keep_the_old_token_and_recover() {
             std::env::var_os("TOKEN_AGENT_REQUIRE_MOUNT").is_none(),
             "cannot mount a tmpfs, and TOKEN_AGENT_REQUIRE_MOUNT is set"
         );
-        common::skipped(
+        common::skipped::skipped(
             "volume::full_disk_and_read_only_volume_keep_the_old_token_and_recover",
             "cannot mount a tmpfs here (needs root)",
         );

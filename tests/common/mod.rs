@@ -7,9 +7,7 @@ pub mod kube_api;
 pub mod mindsphere;
 pub mod process;
 #[path = "../../src/skipped.rs"]
-mod skip_log;
-
-pub use skip_log::skipped;
+pub mod skipped;
 pub mod vendors;
 
 use std::net::SocketAddr;
