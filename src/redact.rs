@@ -27,8 +27,8 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
 
 /// A secret as it is and as a server may echo it back: base64 (padded or not, standard or
 /// URL-safe), URL-encoded (form style with `+`, or `%20`) and inside a JSON string (with `/`
-/// escaped as `\/` too, as PHP's `json_encode` does). Longest first, so a form that contains
-/// another is replaced whole.
+/// escaped as `\/` too, as PHP's `json_encode` does; `\uXXXX` escapes of non-ASCII are not
+/// covered). Longest first, so a form that contains another is replaced whole.
 fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -58,50 +58,81 @@ fn encodings(secret: &str) -> Vec<String> {
 /// Shortest run of base64 characters worth decoding: shorter runs are ordinary words.
 const MIN_BASE64_RUN: usize = 8;
 
-/// Replaces each run of base64 characters whose decoding contains a secret: a secret encoded
-/// together with something else (`Basic base64(id:secret)` echoed back) has no fixed form.
+/// Standard base64 that tolerates what an echo leaves: missing padding, trailing bits.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Replaces each run of base64 characters whose decoding holds a secret (or its form-encoded
+/// form): a secret encoded together with something else (`Basic base64(id:secret)` echoed
+/// back) has no fixed form. A run ends at a character outside both base64 alphabets and after
+/// its padding (`auth=<base64>`); text glued in front of it (`Basic%20<base64>`) is handled by
+/// decoding from each of its first four characters; `\/` (JSON) is read as `/`.
 fn scrub_base64_runs(text: &str, secrets: &[&str]) -> String {
     if secrets.is_empty() {
         return text.to_owned();
     }
-    let is_base64 = |c: char| c.is_ascii_alphanumeric() || "+/=-_".contains(c);
+    let needles: Vec<Vec<u8>> = secrets
+        .iter()
+        .flat_map(|s| {
+            let form: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+            [s.as_bytes().to_vec(), form.into_bytes()]
+        })
+        .collect();
+    let text = text.replace("\\/", "/");
+    let is_base64 = |c: char| c.is_ascii_alphanumeric() || "+/-_".contains(c);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(start) = rest.find(is_base64) {
         out.push_str(&rest[..start]);
-        let run_len = rest[start..]
+        let body = rest[start..]
             .find(|c| !is_base64(c))
             .unwrap_or(rest.len() - start);
-        let run = &rest[start..start + run_len];
-        if run.len() >= MIN_BASE64_RUN && decodes_to_a_secret(run, secrets) {
+        let padding = rest[start + body..]
+            .bytes()
+            .take_while(|b| *b == b'=')
+            .count();
+        let run = &rest[start..start + body + padding];
+        if body >= MIN_BASE64_RUN && holds_a_needle(&rest[start..start + body], &needles) {
             out.push_str("<redacted>");
         } else {
             out.push_str(run);
         }
-        rest = &rest[start + run_len..];
+        rest = &rest[start + body + padding..];
     }
     out.push_str(rest);
     out
 }
 
-fn decodes_to_a_secret(run: &str, secrets: &[&str]) -> bool {
+/// Whether `run` (base64 characters of either alphabet, no padding) decodes to bytes that
+/// hold one of `needles`, reading from any of its first four characters: whatever is glued in
+/// front only adds bytes before the real ones once the groups line up.
+fn holds_a_needle(run: &str, needles: &[Vec<u8>]) -> bool {
     use base64::Engine;
-    use base64::alphabet::{STANDARD, URL_SAFE};
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    let config = GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true);
-    [STANDARD, URL_SAFE]
-        .iter()
-        .filter_map(|alphabet| GeneralPurpose::new(alphabet, config).decode(run).ok())
-        .any(|decoded| {
-            let decoded = String::from_utf8_lossy(&decoded);
-            secrets.iter().any(|secret| {
-                let form: String =
-                    url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-                decoded.contains(secret) || decoded.contains(&form)
-            })
+    let standard: Vec<u8> = run
+        .bytes()
+        .map(|b| match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            b => b,
         })
+        .collect();
+    (0..4).any(|skip| {
+        let Some(mut part) = standard.get(skip..) else {
+            return false;
+        };
+        if part.len() % 4 == 1 {
+            part = &part[..part.len() - 1]; // not base64 at that length
+        }
+        LENIENT_BASE64.decode(part).is_ok_and(|bytes| {
+            needles
+                .iter()
+                .any(|n| !n.is_empty() && bytes.windows(n.len()).any(|w| w == n.as_slice()))
+        })
+    })
 }
 
 /// `scheme://host[:port]/path` of a URL: query strings and user info may carry credentials.
@@ -177,6 +208,15 @@ mod tests {
                 out, "rejected Authorization: Basic <redacted>, bye",
                 "{header}"
             );
+            // Glued to what comes before, after padding, or with `/` escaped for JSON.
+            for (echo, want) in [
+                (format!("Basic%20{header}."), "Basic%<redacted>."),
+                (format!("auth={header}."), "auth=<redacted>."),
+                (format!("x{header}."), "<redacted>."),
+                (format!("[{}]", header.replace('/', "\\/")), "[<redacted>]"),
+            ] {
+                assert_eq!(scrub(&echo, &[secret]), want, "{echo}");
+            }
         }
         // Base64 that holds no secret, and ordinary words, are left alone.
         let plain = format!("id {} is unknown", STANDARD.encode("client:other"));

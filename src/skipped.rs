@@ -7,6 +7,16 @@
 
 use std::io::Write;
 
+/// Skips `test` (see [`skipped`]) unless the variable `required` is set, which makes it a
+/// failure: `.ci/run` sets `TOKEN_AGENT_REQUIRE_*` so that CI skips nothing.
+pub fn skip_unless_required(required: &str, test: &str, why: &str) {
+    assert!(
+        std::env::var_os(required).is_none(),
+        "{test}: {why}, and {required} is set"
+    );
+    skipped(test, why);
+}
+
 /// Records that `test` did not run and `why` (name the fix): on stderr, and appended to the
 /// file `TOKEN_AGENT_SKIP_LOG` names, when it is set.
 pub fn skipped(test: &str, why: &str) {

@@ -200,8 +200,8 @@ async fn a_candidate_with_a_skewed_clock_neither_steals_a_live_lease_nor_waits_o
 async fn a_leader_whose_api_calls_hang_steps_down_before_its_lease_expires() {
     let api = KubeApi::start(&["team-a"]).await;
     let dir = tempfile::tempdir().unwrap();
-    // Renew every 1.5 s, deadline 4 s: 2 s of margin before the lease could expire, for a
-    // loaded machine.
+    // A renew deadline of 4 s (2/3 of the lease): 2 s of margin before the lease could expire,
+    // for a loaded machine. The loop ticks every 200 ms.
     let duration = Duration::from_secs(6);
     let a = elector(&api, dir.path(), "a", duration).await;
     let (leader, mut leading) = tokio::sync::watch::channel(false);
@@ -424,11 +424,12 @@ async fn two_agents_one_writer_and_failover() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &agents[follower].id().to_string()])
-        .status()
+    let [first, second] = agents;
+    let survivor = if follower == 0 { first } else { second };
+    let (status, printed) = tokio::task::spawn_blocking(move || survivor.terminate())
+        .await
         .unwrap();
-    assert_eq!(agents[follower].wait().unwrap().code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{printed}");
     let lease = api.get("Lease", "team-a", "agents").unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),

@@ -133,7 +133,7 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
         if idp_up.load(Ordering::SeqCst) {
             Reply::json(
                 200,
-                json!({"access_token": format!("tok-{}", fastrand::u32(..)), "expires_in": 3}),
+                json!({"access_token": format!("tok-{}", fastrand::u32(..)), "expires_in": 6}),
             )
         } else {
             Reply::json(503, json!({"error": "temporarily_unavailable"}))
@@ -176,7 +176,7 @@ async fn metrics_and_readiness_through_failure_success_and_expiry() {
     assert_eq!(m["token_agent_token_valid{source=\"orders\"}"], 1.0);
     let expiry = m["token_agent_token_expiry_timestamp_seconds{source=\"orders\"}"];
     assert!(
-        expiry > now && expiry <= now + 3.5,
+        expiry > now && expiry <= now + 6.5,
         "expiry {expiry} vs now {now}"
     );
     let last = m["token_agent_token_last_success_timestamp_seconds{source=\"orders\"}"];

@@ -33,8 +33,13 @@ impl std::ops::DerefMut for AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `command` with stdout and stderr piped, and collects every line of both.
+    /// Starts `command` with stdout and stderr piped, and collects every line of both. Logs at
+    /// `info` unless the command sets `RUST_LOG` itself: the address is an `info` line, and a
+    /// developer's own `RUST_LOG=warn` must not hide it.
     pub fn start(command: &mut Command) -> AgentProcess {
+        if !command.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
