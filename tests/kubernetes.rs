@@ -31,31 +31,67 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_a_secret_current_and_survives_a_403() {
-    let api = KubeApi::start(&["team-a"]).await;
-    let issuer =
-        token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(2))
+/// The API stand-in (namespace `team-a`), an issuer (client `c`, its secret in the file
+/// `client-secret`) and a directory holding the kubeconfig.
+struct Setup {
+    api: KubeApi,
+    issuer: token_agent::dev::issuer::Issuer,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn start(token_lifetime: Duration) -> Setup {
+        let api = KubeApi::start(&["team-a"]).await;
+        let issuer = token_agent::dev::issuer::Issuer::start("c", "issuer-secret", token_lifetime)
             .await
             .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
-    std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "defaults:\n  file: {{ dir: '{}' }}\n  retry: {{ initial: 100ms, max: 300ms }}\n  refresh: {{ min_interval: 100ms }}\nserver: {{ listen: '127.0.0.1:0' }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks:\n      - secret: {{ name: orders-token, keys: {{ expires_at: expires-at }} }}\n      - file: {{ path: orders.token }}\n",
-            dir.path().join("tokens").display(),
-            issuer.token_url(),
-            dir.path().join("client-secret").display()
-        ),
-    )
-    .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path(), "team-a");
+        std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
+        Setup {
+            api,
+            issuer,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// `config.yaml` with one oauth2 source `orders` against the issuer: `top` is YAML for the
+    /// top level (after `defaults.file.dir`), `sinks` the source's sink list.
+    fn config(&self, top: &str, sinks: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "defaults:\n  file: {{ dir: '{}' }}\n{top}sources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: {sinks}\n",
+                self.dir.path().join("tokens").display(),
+                self.issuer.token_url(),
+                self.dir.path().join("client-secret").display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_a_secret_current_and_survives_a_403() {
+    let setup = Setup::start(Duration::from_secs(2)).await;
+    let config = setup.config(
+        "  retry: { initial: 100ms, max: 300ms }\n  refresh: { min_interval: 100ms }\nserver: { listen: '127.0.0.1:0' }\n",
+        "[ { secret: { name: orders-token, keys: { expires_at: expires-at } } }, { file: { path: orders.token } } ]",
+    );
+    let Setup {
+        api,
+        dir,
+        kubeconfig,
+        ..
+    } = &setup;
     let mut child = AgentProcess::start(
         Command::new(BIN)
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info"),
     );
     let base = child.base_url().await;
@@ -63,10 +99,10 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         || std::fs::read_to_string(dir.path().join("tokens/orders.token")).unwrap_or_default();
 
     until("the Secret", || {
-        secret_token(&api).is_some_and(|(t, _)| t == file())
+        secret_token(api).is_some_and(|(t, _)| t == file())
     })
     .await;
-    let (first, v1) = secret_token(&api).unwrap();
+    let (first, v1) = secret_token(api).unwrap();
     let secret = api.get("Secret", "team-a", "orders-token").unwrap();
     assert_eq!(
         secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
@@ -91,7 +127,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     );
 
     until("a refresh to reach the Secret", || {
-        secret_token(&api).is_some_and(|(t, v)| t != first && v > v1)
+        secret_token(api).is_some_and(|(t, v)| t != first && v > v1)
     })
     .await;
     let applies = calls("PATCH");
@@ -111,7 +147,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     // The agent writes one request at a time: a request after the flag means the one before
     // it has been answered (and stored).
     until("a Secret write after the 403 flag", || requests() > asked).await;
-    let (frozen, _) = secret_token(&api).unwrap();
+    let (frozen, _) = secret_token(api).unwrap();
     let file_then = file();
     until("the file to move on without the Secret", || {
         let f = file();
@@ -119,7 +155,7 @@ async fn keeps_a_secret_current_and_survives_a_403() {
     })
     .await;
     assert_eq!(
-        secret_token(&api).unwrap().0,
+        secret_token(api).unwrap().0,
         frozen,
         "a 403 leaves the previous value in place"
     );
@@ -154,14 +190,14 @@ async fn keeps_a_secret_current_and_survives_a_403() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        secret_token(&api).unwrap().0,
+        secret_token(api).unwrap().0,
         frozen,
         "still the value from before the 403"
     );
 
     api.forbid_secrets.store(false, Ordering::SeqCst);
     until("recovery", || {
-        secret_token(&api).is_some_and(|(t, _)| t == file())
+        secret_token(api).is_some_and(|(t, _)| t == file())
     })
     .await;
 
@@ -264,25 +300,14 @@ async fn kubernetes_token_requests_a_service_account_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_the_agent_did_not_create_is_never_taken_over() {
-    let api = KubeApi::start(&["team-a"]).await;
-    let issuer =
-        token_agent::dev::issuer::Issuer::start("c", "issuer-secret", Duration::from_secs(60))
-            .await
-            .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), "team-a");
-    std::fs::write(dir.path().join("client-secret"), "issuer-secret").unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "defaults: {{ file: {{ dir: '{}' }} }}\nserver: {{ enabled: false }}\nsources:\n  - name: orders\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: [ {{ secret: {{ name: orders-token }} }} ]\n",
-            dir.path().join("tokens").display(),
-            issuer.token_url(),
-            dir.path().join("client-secret").display()
-        ),
-    )
-    .unwrap();
+    let setup = Setup::start(Duration::from_secs(60)).await;
+    let config = setup.config(
+        "server: { enabled: false }\n",
+        "[ { secret: { name: orders-token } } ]",
+    );
+    let Setup {
+        api, kubeconfig, ..
+    } = &setup;
     let theirs = base64::engine::general_purpose::STANDARD.encode("theirs");
     for (labels, annotations) in [
         (serde_json::json!({}), serde_json::json!({})),
@@ -302,7 +327,7 @@ async fn a_secret_the_agent_did_not_create_is_never_taken_over() {
             .unwrap()
             .objects
             .insert(key, foreign.clone());
-        let out = once(&config, &kubeconfig);
+        let out = once(&config, kubeconfig);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
         assert!(
@@ -317,7 +342,7 @@ async fn a_secret_the_agent_did_not_create_is_never_taken_over() {
     }
     // Once the foreign Secret is gone, the agent creates its own.
     api.store.lock().unwrap().objects.clear();
-    let out = once(&config, &kubeconfig);
+    let out = once(&config, kubeconfig);
     assert!(
         out.status.success(),
         "{}",
