@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod observability;
 pub mod redact;
+pub mod reload;
 pub mod schedule;
 pub mod server;
 pub mod sink;
@@ -32,6 +33,7 @@ pub mod status;
 pub mod telemetry;
 pub mod template;
 pub mod token;
+pub mod watch;
 
 /// Installs the single TLS crypto provider (ring) used by every HTTP client in the process.
 ///

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
-use token_agent::config::{Config, ServerConfig};
+use token_agent::config::{Config, ConfigErrors, ServerConfig};
 use token_agent::observability::Observability;
+use token_agent::reload::ConfigReloader;
 use token_agent::telemetry::{self, LogFormat};
 use token_agent::{dev, server};
 
@@ -101,12 +102,20 @@ fn main() -> ExitCode {
             Command::Run {
                 config,
                 leader_elect,
-            } => match load(&config) {
-                Ok(mut c) => {
+            } => match Config::read(&config)
+                .and_then(|text| Ok((Config::parse(&text, &config)?, text)))
+            {
+                Ok((mut c, text)) => {
+                    warn_about(&c);
                     c.leader_election.enabled |= leader_elect;
-                    run_until_signal(c, false).await
+                    let live = LiveConfig {
+                        path: config,
+                        text,
+                        leader_elect,
+                    };
+                    run_until_signal(c, false, Some(live)).await
                 }
-                Err(code) => Ok(code),
+                Err(errors) => Ok(refuse(&config, &errors)),
             },
             Command::Once { config } => match load(&config) {
                 Ok(c) => once(c).await,
@@ -136,17 +145,31 @@ fn main() -> ExitCode {
 fn load(path: &Path) -> Result<Config, ExitCode> {
     match Config::load(path) {
         Ok(config) => {
-            for w in config.warnings() {
-                warn!("{w}");
-            }
+            warn_about(&config);
             Ok(config)
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
-            Err(ExitCode::from(EX_USAGE))
-        }
+        Err(errors) => Err(refuse(path, &errors)),
     }
+}
+
+fn warn_about(config: &Config) {
+    for w in config.warnings() {
+        warn!("{w}");
+    }
+}
+
+/// Prints every problem of the configuration at `path`; the exit code to leave with.
+fn refuse(path: &Path, errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+    ExitCode::from(EX_USAGE)
+}
+
+/// The file `run` was started from, watched for live reconfiguration.
+struct LiveConfig {
+    path: PathBuf,
+    text: String,
+    leader_elect: bool,
 }
 
 fn validate(path: &Path) -> ExitCode {
@@ -209,9 +232,25 @@ async fn start_server(
     })))
 }
 
-async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result<ExitCode> {
+async fn run_until_signal(
+    config: Config,
+    fallback_port: bool,
+    live: Option<LiveConfig>,
+) -> anyhow::Result<ExitCode> {
     let agent = Agent::build(&config, Clock::system())?;
     let shutdown = shutdown_on_signal();
+    let (reloads, reload_requests) = mpsc::channel(1);
+    if let Some(live) = live {
+        let reloader = ConfigReloader::new(
+            live.path,
+            &live.text,
+            &config,
+            live.leader_elect,
+            reloads,
+            agent.observability(),
+        );
+        tokio::spawn(reloader.run(shutdown.clone()));
+    }
     let http = start_server(
         &config.server,
         agent.observability(),
@@ -221,7 +260,7 @@ async fn run_until_signal(config: Config, fallback_port: bool) -> anyhow::Result
     .await?;
     info!(sources = config.sources.len(), "token-agent started");
     drop(config); // the agent holds what it needs; the parsed file is large at scale
-    agent.run(shutdown).await;
+    agent.run_with_reloads(shutdown, reload_requests).await;
     if let Some(handle) = http {
         let _ = tokio::time::timeout(server::SHUTDOWN_GRACE, handle).await;
     }
@@ -292,5 +331,5 @@ async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<
         ttl = %humantime::format_duration(ttl),
         "dev mode: demo issuer on loopback; watch the files in the tokens directory rotate (Ctrl-C to stop)"
     );
-    run_until_signal(config, true).await
+    run_until_signal(config, true, None).await
 }

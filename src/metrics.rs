@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 const FETCH_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -28,6 +30,10 @@ pub struct Metrics {
     sink_failures: IntCounterVec,
     sources: IntGauge,
     leader: IntGauge,
+    config_reloads: IntCounterVec,
+    config_last_success: Gauge,
+    config_info: IntGaugeVec,
+    notify: IntCounterVec,
     per_source: RwLock<Vec<Arc<SourceMetrics>>>,
 }
 
@@ -87,6 +93,43 @@ impl Metrics {
                         "1 while this replica holds the lease (always 1 without leader election).",
                     ))?,
                 ),
+                config_reloads: registered(
+                    &r,
+                    IntCounterVec::new(
+                        opts(
+                            "token_agent_config_reloads_total",
+                            "Configuration reloads by result (success, failure).",
+                        ),
+                        &["result"],
+                    )?,
+                ),
+                config_last_success: registered(
+                    &r,
+                    Gauge::with_opts(opts(
+                        "token_agent_config_last_reload_success_timestamp_seconds",
+                        "When the configuration in force was loaded (Unix time).",
+                    ))?,
+                ),
+                config_info: registered(
+                    &r,
+                    IntGaugeVec::new(
+                        opts(
+                            "token_agent_config_info",
+                            "1, labelled with a hash of the configuration file in force.",
+                        ),
+                        &["hash"],
+                    )?,
+                ),
+                notify: registered(
+                    &r,
+                    IntCounterVec::new(
+                        opts(
+                            "token_agent_notify_total",
+                            "Notify actions run after a token change, by result (success, failure, timeout).",
+                        ),
+                        &["source", "action", "result"],
+                    )?,
+                ),
                 registry: r.clone(),
                 per_source: RwLock::default(),
             })
@@ -123,14 +166,26 @@ impl Metrics {
     }
 
     /// Creates a source's series (at zero, so `rate()` and absence alerts work from the start)
-    /// and returns the handle the agent records them through.
+    /// and publishes them: the handle the agent records them through.
     pub fn register_source(
         &self,
         source: &str,
         kind: &'static str,
         sinks: &[String],
     ) -> Arc<SourceMetrics> {
-        let series = Arc::new(SourceMetrics {
+        let series = self.series_for(source, kind, sinks);
+        self.publish_series(series.clone());
+        series
+    }
+
+    /// A source's series, at zero, not yet in the exposition (see [`Metrics::publish_series`]).
+    pub fn series_for(
+        &self,
+        source: &str,
+        kind: &'static str,
+        sinks: &[String],
+    ) -> Arc<SourceMetrics> {
+        Arc::new(SourceMetrics {
             source: source.into(),
             kind,
             success: AtomicU64::new(0),
@@ -144,12 +199,55 @@ impl Metrics {
                 .iter()
                 .map(|label| (label.as_str().into(), Buckets::new(WRITE_BUCKETS)))
                 .collect(),
-        });
-        self.per_source
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(series.clone());
-        series
+        })
+    }
+
+    /// Puts the series of a source not published yet in the exposition (at start: no search).
+    pub fn add_series(&self, series: Arc<SourceMetrics>) {
+        let mut all = self.per_source.write().unwrap_or_else(|e| e.into_inner());
+        all.push(series);
+    }
+
+    /// Puts `series` in the exposition, in place of the series of a source of the same name.
+    pub fn publish_series(&self, series: Arc<SourceMetrics>) {
+        let mut all = self.per_source.write().unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|s| s.source == series.source) {
+            Some(slot) => *slot = series,
+            None => all.push(series),
+        }
+    }
+
+    /// Takes the series of a source a reload removed out of the exposition.
+    pub fn remove_series(&self, source: &str) {
+        let mut all = self.per_source.write().unwrap_or_else(|e| e.into_inner());
+        all.retain(|s| &*s.source != source);
+    }
+
+    /// The configuration hashed `hash` is in force since `at` (start or a successful reload).
+    pub fn config_loaded(&self, hash: &str, at: SystemTime, reloaded: bool) {
+        if reloaded {
+            self.config_reloads.with_label_values(&["success"]).inc();
+        } else {
+            // Both results exist from the start, so `increase()` sees the first failure.
+            for result in ["success", "failure"] {
+                self.config_reloads.with_label_values(&[result]);
+            }
+        }
+        self.config_last_success.set(unix(at));
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// A reload was refused; the configuration in force stays.
+    pub fn config_reload_failed(&self) {
+        self.config_reloads.with_label_values(&["failure"]).inc();
+    }
+
+    /// One notify action of `source` ran, with `result` (success, failure, timeout).
+    pub fn count_notify(&self, source: &str, action: &str, result: &str) {
+        self.notify
+            .with_label_values(&[source, action, result])
+            .inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -91,6 +91,12 @@ impl Status {
         );
     }
 
+    /// Forgets a source a reload removed.
+    pub fn unregister(&self, name: &str) {
+        let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(name);
+    }
+
     pub fn update(&self, name: &str, f: impl FnOnce(&mut SourceStatus)) {
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get_mut(name) {

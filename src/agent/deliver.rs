@@ -5,9 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use super::LoopContext;
 use super::places::Owner;
-use super::report::{InstanceRemoval, Published, SinkWrite};
-use super::source_loop::SourceLoop;
+use super::report::{InstanceRemoval, Published, SinkRetired, SinkWrite};
+use super::source_loop::LoopSink;
+use super::source_loop::{SinkPlace, SourceLoop};
 use super::state::LoopState;
+use crate::names::InstanceId;
 
 /// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
 const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
@@ -79,8 +81,37 @@ impl SourceLoop {
         }
     }
 
+    /// A reload removed the sinks at `indexes` (or the whole source): each removes what it
+    /// wrote for the instances the loop knew, by its own rules, and gives its places up. A
+    /// single-token source that never got a token still retires its one instance (a file an
+    /// earlier run left).
+    pub(super) async fn retire(&self, context: &LoopContext, state: &LoopState, indexes: &[usize]) {
+        let report = self.reporter(context);
+        let mut instances: Vec<InstanceId> = state.instances.keys().cloned().collect();
+        let per_tenant = |s: &LoopSink| matches!(s.place, SinkPlace::PerTenant(_));
+        if instances.is_empty() && !self.sinks.iter().any(per_tenant) {
+            instances.push(InstanceId::single());
+        }
+        for &index in indexes {
+            let Some(to) = self.sinks.get(index) else {
+                continue;
+            };
+            let result = to.sink.retire(&instances).await;
+            report.emit(SinkRetired {
+                label: &to.label,
+                instances: instances.len(),
+                result: &result,
+            });
+            for instance in &instances {
+                if let Some(place) = to.place_of(instance) {
+                    context.places.release(&place, &self.owner(index));
+                }
+            }
+        }
+    }
+
     /// Sink `index` of this source, as a place owner.
-    fn owner(&self, index: usize) -> Owner {
+    pub(super) fn owner(&self, index: usize) -> Owner {
         Owner {
             source: self.name.clone(),
             sink: index,

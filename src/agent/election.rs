@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::report::{Resumed, StandingBy};
-use super::source_loop::SourceLoop;
+use super::source_loop::{SourceLoop, Stop};
 use super::{LOG_TARGET, LoopContext};
 use crate::k8s::KubeContext;
 use crate::leader::{self, Elector, LeaderElectionConfig};
@@ -53,13 +53,13 @@ impl SourceLoop {
         &self,
         context: &LoopContext,
         leader: &mut watch::Receiver<bool>,
-        shutdown: &mut watch::Receiver<bool>,
+        stop: &mut watch::Receiver<Stop>,
     ) -> bool {
         let report = self.reporter(context);
         report.emit(StandingBy);
         tokio::select! {
             _ = leader.wait_for(|l| *l) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = stop.wait_for(Stop::is_set) => return false,
         }
         report.emit(Resumed);
         true

@@ -10,11 +10,14 @@
 //! one call), `supervise` (restarting a loop that panicked). The agent never names a kind:
 //! it talks to [`Source`] and [`Sink`] only.
 
+mod build;
+mod credentials;
 mod deliver;
 mod election;
 mod fetch;
 mod instances;
 mod places;
+mod reload;
 mod report;
 mod source_loop;
 mod state;
@@ -27,12 +30,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
-use self::places::{Owner, Places};
-use self::source_loop::{LoopSink, SourceLoop};
+use self::build::Builder;
+use self::credentials::CredentialWatch;
+use self::places::Places;
+pub use self::reload::{Reload, ReloadOutcome};
+use self::source_loop::{LoopSink, SinkPlace, SourceLoop};
 use self::supervise::Supervisor;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -42,8 +48,7 @@ use crate::k8s::KubeContext;
 use crate::kind::BuildError;
 use crate::leader::LeaderElectionConfig;
 use crate::observability::{HEARTBEAT_PERIOD, Observability};
-use crate::sink::{Sink, SinkConfig, SinkContext, SinkSet, TENANT, place};
-use crate::source::{BuildContext, Source};
+use crate::sink::{Sink, SinkConfig, SinkSet};
 
 /// Every event of the agent logs under this one target (`token_agent::agent`), whichever of
 /// its files emits it, so `RUST_LOG` filters and JSON log consumers see the agent as one.
@@ -83,6 +88,8 @@ pub struct Agent {
     election: Option<LeaderElectionConfig>,
     kube: KubeContext,
     state_dir: PathBuf,
+    /// Shared by every source, also those a reload adds.
+    clients: HttpClients,
 }
 
 /// Outcome of one source in `once` mode.
@@ -108,83 +115,22 @@ impl Agent {
         let election = &config.leader_election;
         let clients = HttpClients::default();
         let state_dir = config.state_dir();
+        let builder = Builder {
+            view: &view,
+            clients: &clients,
+            kube: &kube,
+            state_dir: &state_dir,
+            election: election.enabled,
+        };
         let mut loops = Vec::with_capacity(config.sources.len());
-        let mut named_places = Vec::new();
         for s in &config.sources {
-            let failed = |error| AgentBuildError {
-                source_name: s.name.clone(),
-                error,
-            };
-            let http = s.http.resolve(&config.defaults.http);
-            let kind = s.spec.kind();
-            let source: Box<dyn Source> = kind
-                .build(&BuildContext {
-                    http: &http,
-                    clients: &clients,
-                    kube: &kube,
-                })
-                .map_err(failed)?;
-            let ctx = SinkContext {
-                file: &config.defaults.file,
-                kube: &kube,
-                state_dir: &state_dir,
-                http: &http,
-                clients: &clients,
-            };
-            let mut sinks = Vec::with_capacity(s.sinks.len());
-            for (index, entry) in s.sinks.iter().enumerate() {
-                let sink = entry.kind().build(&s.name, &ctx).map_err(failed)?;
-                let target = entry.kind().target(&config.defaults.file.dir);
-                let target = target.map(|(_, target)| place(&target));
-                let tenant_place = match target {
-                    Some(place) if place.contains(TENANT) => Some(place.into()),
-                    Some(place) => {
-                        let owner = Owner {
-                            source: s.name.clone(),
-                            sink: index,
-                        };
-                        named_places.push((place, owner));
-                        None
-                    }
-                    None => None,
-                };
-                let label = sink.label();
-                sinks.push(LoopSink {
-                    sink,
-                    label,
-                    tenant_place,
-                });
-            }
+            let built = builder.source_loop(config, s, true)?;
             view.status.register(&s.name, s.required);
-            let labels: Vec<String> = sinks.iter().map(|s| s.label.clone()).collect();
-            let metrics = view
-                .metrics
-                .register_source(&s.name, s.spec.name(), &labels);
-            loops.push(SourceLoop {
-                name: s.name.clone(),
-                metrics,
-                required: s.required,
-                source,
-                sinks,
-                refresh: s.refresh.resolve(&config.defaults.refresh),
-                retry: s.retry.resolve(&config.defaults.retry),
-                fetch_limit: kind.fetch_bound(http.timeout) + FETCH_GRACE,
-                remove_gone: kind.removes_gone_instances(),
-                needs_leader: election.enabled && s.sinks.iter().any(|k| k.kind().needs_leader()),
-            });
+            view.metrics.add_series(built.metrics.clone());
+            loops.push(built);
         }
-        // The places sinks name outright are taken from the start, but only need recording
-        // when some sink picks its place by tenant id.
         let places = Places::default();
-        if loops
-            .iter()
-            .flat_map(|l| &l.sinks)
-            .any(|s| s.tenant_place.is_some())
-        {
-            for (place, owner) in named_places {
-                let _ = places.claim(&place, &owner); // a duplicate: refused by `validate`
-            }
-        }
+        claim_named_places(&places, &loops);
         view.metrics.set_sources(loops.len());
         view.metrics.set_leader(!election.enabled);
         let agent = Agent {
@@ -198,6 +144,7 @@ impl Agent {
             election: election.enabled.then(|| election.clone()),
             kube,
             state_dir,
+            clients,
         };
         Ok(agent)
     }
@@ -240,11 +187,22 @@ impl Agent {
     }
 
     /// Runs every source until `shutdown` turns true, then lets in-flight writes finish.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_with_reloads(shutdown, mpsc::channel(1).1).await;
+    }
+
+    /// Like [`Agent::run`], applying each configuration `reloads` delivers as a difference
+    /// (`reload.rs`), and cutting the failure backoff of a source short when a credential file
+    /// it reads changes (`credentials.rs`).
     ///
     /// The heartbeat starts first, so `/healthz` never waits on start-up work; the clean-up of
     /// orphans (remote calls, possibly to an unreachable portal) runs beside the sources, cut
     /// off after [`ORPHAN_CLEAN_UP_LIMIT`].
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    pub async fn run_with_reloads(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut reloads: mpsc::Receiver<Reload>,
+    ) {
         let mut tasks = JoinSet::new();
         let view = self.context.observability.clone();
         let mut heartbeat_stop = shutdown.clone();
@@ -258,8 +216,12 @@ impl Agent {
             }
         });
         self.sweep_leftovers().await;
-        let loops: Vec<Arc<SourceLoop>> = self.loops.into_iter().map(Arc::new).collect();
-        let (orphans_of, state_dir, mut stop) = (loops.clone(), self.state_dir, shutdown.clone());
+        let loops: Vec<Arc<SourceLoop>> = std::mem::take(&mut self.loops)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let (orphans_of, state_dir, mut stop) =
+            (loops.clone(), self.state_dir.clone(), shutdown.clone());
         tasks.spawn(async move {
             let clean_up = revoke_orphans(&orphans_of, &state_dir);
             tokio::select! {
@@ -275,11 +237,28 @@ impl Agent {
         }
         let mut supervisor = Supervisor::default();
         for source in loops {
-            let stop = shutdown.clone();
-            supervisor.start(&mut tasks, source, &self.context, stop, Duration::ZERO);
+            supervisor.add(&mut tasks, source, &self.context);
         }
-        while let Some(joined) = tasks.join_next_with_id().await {
-            supervisor.ended(joined, &mut tasks, &self.context, &shutdown);
+        let mut credentials = CredentialWatch::new(&supervisor);
+        let mut reloading = true;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next_with_id() => match joined {
+                    Some(joined) => supervisor.ended(joined, &mut tasks, &self.context),
+                    None => break,
+                },
+                reload = reloads.recv(), if reloading && !*shutdown.borrow() => match reload {
+                    Some(reload) => {
+                        let outcome = self.reload(reload.config, &mut supervisor, &mut tasks).await;
+                        credentials = CredentialWatch::new(&supervisor);
+                        let _ = reload.reply.send(outcome);
+                    }
+                    None => reloading = false,
+                },
+                changed = credentials.changed() => credentials.poke(&changed, &supervisor),
+                // Dropped at once: the reload branch awaits while holding the select's output.
+                () = async { drop(shutdown.wait_for(|stop| *stop).await) }, if !supervisor.is_stopping() => supervisor.stop_all(),
+            }
         }
     }
 
@@ -307,6 +286,29 @@ impl Agent {
         }
         outcomes.sort_by(|a, b| a.source.cmp(&b.source));
         outcomes
+    }
+}
+
+/// Records the places sinks name outright, so that no tenant id can take one over. Needed only
+/// while some sink picks its place by tenant id; claiming is idempotent, so a reload simply
+/// claims again for every loop.
+fn claim_named_places<L: Borrow<SourceLoop>>(places: &Places, loops: &[L]) {
+    let sinks = || {
+        loops.iter().flat_map(|l| {
+            l.borrow()
+                .sinks
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| (l.borrow(), i, s))
+        })
+    };
+    if !sinks().any(|(_, _, s)| matches!(s.place, SinkPlace::PerTenant(_))) {
+        return;
+    }
+    for (source, index, sink) in sinks() {
+        if let SinkPlace::Named(place) = &sink.place {
+            let _ = places.claim(place, &source.owner(index)); // a duplicate: refused by `validate`
+        }
     }
 }
 

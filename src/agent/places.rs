@@ -70,4 +70,9 @@ impl Places {
             owners.remove(place);
         }
     }
+
+    /// Gives up every place of `source` (a reload removed or replaced it).
+    pub fn release_source(&self, source: &str) {
+        self.owners().retain(|_, owner| owner.source != source);
+    }
 }

@@ -262,3 +262,37 @@ impl Event for Stopped {
         debug!(target: LOG_TARGET, source = %to.source, "source loop stopped");
     }
 }
+
+/// A credential file of the source changed while it was backing off after a failure: it
+/// fetches now instead of when the backoff ends.
+pub(super) struct CredentialsChanged {
+    pub was_due: SystemTime,
+}
+
+impl Event for CredentialsChanged {
+    fn emit(self, to: &Reporter) {
+        info!(target: LOG_TARGET, source = %to.source, backoff_was_until = %rfc3339(self.was_due), "a credential file changed; fetching now instead of waiting out the backoff");
+    }
+}
+
+/// A reload removed a sink (or its source): what it wrote was removed by its own rules, or not.
+pub(super) struct SinkRetired<'a> {
+    pub label: &'a str,
+    pub instances: usize,
+    pub result: &'a Result<(), SinkError>,
+}
+
+impl Event for SinkRetired<'_> {
+    fn emit(self, to: &Reporter) {
+        let (source, sink) = (to.source, self.label);
+        match self.result {
+            Ok(()) => {
+                info!(target: LOG_TARGET, source = %source, sink = %sink, instances = self.instances, "sink removed from the configuration: its outputs are removed")
+            }
+            Err(e) => {
+                to.view.metrics.count_sink_failure(source, sink, e.reason());
+                warn!(target: LOG_TARGET, source = %source, sink = %sink, reason = e.reason(), error = %cause_chain(e), "sink removed from the configuration: cannot remove its outputs; remove them by hand")
+            }
+        }
+    }
+}

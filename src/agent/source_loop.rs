@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::LoopContext;
-use super::report::{Adopted, ClockWentBack, Reporter, Stopped};
+use super::report::{Adopted, ClockWentBack, CredentialsChanged, Reporter, Stopped};
 use super::state::LoopState;
-use crate::config::{RefreshPolicy, RetryPolicy};
+use crate::config::{OnRemove, RefreshPolicy, RetryPolicy, SourcePrint};
 use crate::metrics::SourceMetrics;
 use crate::names::InstanceId;
 use crate::schedule::refresh_delay;
@@ -38,6 +38,29 @@ pub(super) struct SourceLoop {
     pub remove_gone: bool,
     /// Some sink needs the Lease, so the loop runs only on the holder under leader election.
     pub needs_leader: bool,
+    /// May reuse a token an earlier run left (at start, not after a reload added or changed it).
+    pub adopt: bool,
+    /// Its settings as a reload compares them.
+    pub print: SourcePrint,
+    pub on_remove: OnRemove,
+    /// A credential file it reads changed: a running failure backoff is cut short.
+    pub credentials_changed: Notify,
+}
+
+/// What the agent asks of a running loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stop {
+    No,
+    /// Stop, leaving every output in place (shutdown, `on_remove: keep`).
+    Keep,
+    /// Stop, then remove what these sinks (by index) wrote: a reload removed them.
+    Retire(Arc<[usize]>),
+}
+
+impl Stop {
+    pub fn is_set(&self) -> bool {
+        *self != Stop::No
+    }
 }
 
 /// A sink of the loop, with what the loop needs to know about it.
@@ -45,16 +68,26 @@ pub(super) struct LoopSink {
     pub sink: Box<dyn Sink>,
     /// Bounded label for metrics and logs.
     pub label: String,
-    /// The place it writes with `{tenant}` in it, claimed before each tenant's first write
-    /// (see `places.rs`); `None` for a sink that names one place or none.
-    pub tenant_place: Option<Box<str>>,
+    pub place: SinkPlace,
+}
+
+/// The place a sink writes, as `places.rs` records it.
+pub(super) enum SinkPlace {
+    /// Kept by the sink itself (an API-Portal entry per tenant).
+    None,
+    /// One place, taken from the start.
+    Named(Box<str>),
+    /// A pattern with `{tenant}` in it, claimed before each tenant's first write.
+    PerTenant(Box<str>),
 }
 
 impl LoopSink {
     /// The place this sink writes for tenant `instance`, if it picks its place by tenant.
     pub fn place_of(&self, instance: &InstanceId) -> Option<String> {
-        let pattern = self.tenant_place.as_deref()?;
-        Some(pattern.replace(TENANT, instance.as_str()))
+        match &self.place {
+            SinkPlace::PerTenant(pattern) => Some(pattern.replace(TENANT, instance.as_str())),
+            _ => None,
+        }
     }
 }
 
@@ -71,19 +104,23 @@ impl SourceLoop {
         LoopState::new(self.sinks.len(), &self.refresh, self.retry, adopted, now)
     }
 
-    pub async fn run(&self, context: &LoopContext, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `stop` is set, then retires the sinks it names.
+    pub async fn run(&self, context: &LoopContext, mut stop: watch::Receiver<Stop>) {
         let clock = &context.observability.clock;
         let report = self.reporter(context);
         let now = clock.now();
         // The source and sink futures are boxed: they are large and alive only while working,
         // so an idle source's task stays small (BENCHMARKS.md).
-        let adopted = Box::pin(self.adopt_existing(context, now)).await;
+        let adopted = match self.adopt {
+            true => Box::pin(self.adopt_existing(context, now)).await,
+            false => None,
+        };
         let mut state = self.new_state(adopted, now);
         let mut leader = context.leader.subscribe();
         loop {
             if self.needs_leader && !*leader.borrow_and_update() {
                 if !self
-                    .wait_for_leadership(context, &mut leader, &mut shutdown)
+                    .wait_for_leadership(context, &mut leader, &mut stop)
                     .await
                 {
                     break;
@@ -103,7 +140,7 @@ impl SourceLoop {
                 let not_due = state.not_due(now, &self.refresh);
                 let (outcome, took) = tokio::select! {
                     r = self.fetch(context, &not_due) => r,
-                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = stop.wait_for(Stop::is_set) => break,
                 };
                 self.apply(context, &mut state, outcome, took);
             }
@@ -127,10 +164,22 @@ impl SourceLoop {
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = leader.changed(), if self.needs_leader => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = self.credentials_changed.notified() => {
+                    let now = clock.now();
+                    if !state.fetch_backoff.is_reset() && state.next_fetch > now {
+                        report.emit(CredentialsChanged { was_due: state.next_fetch });
+                        state.next_fetch = now;
+                    }
+                }
+                _ = stop.wait_for(Stop::is_set) => break,
             }
         }
         report.emit(Stopped);
+        let retired = match &*stop.borrow() {
+            Stop::Retire(sinks) => sinks.clone(),
+            _ => return,
+        };
+        Box::pin(self.retire(context, &state, &retired)).await;
     }
 
     /// A token left in a sink by an earlier run that is still before its refresh point.

@@ -5,6 +5,7 @@
 //! secrets) run afterwards and are located through [`locate::Locator`].
 
 pub mod error;
+pub mod fingerprint;
 pub mod locate;
 mod overlap;
 mod parse;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use self::error::{ConfigError, ConfigErrors};
+pub use self::fingerprint::SourcePrint;
 use self::locate::Locator;
 pub use self::percent::Percent;
 use crate::http::HttpSettings;
@@ -166,8 +168,27 @@ pub struct SourceConfig {
     #[serde(default)]
     pub http: HttpConfig,
     pub sinks: Vec<SinkConfig>,
+    /// Remove the source's outputs when a reload removes it (`delete`, the default) or leave
+    /// them in place (`keep`).
+    #[serde(default)]
+    pub on_remove: OnRemove,
     #[serde(flatten)]
     pub spec: SourceSpec,
+    /// Its effective settings as a reload compares them (filled in by [`Config::parse`]).
+    #[serde(skip)]
+    pub print: SourcePrint,
+}
+
+/// What happens to a source's outputs when a reload removes the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRemove {
+    /// Each sink removes what it wrote by its own rules: files and their metadata are
+    /// deleted, Secrets only if this agent created them, API-Portal entries are DELETEd.
+    #[default]
+    Delete,
+    /// Everything stays where it is.
+    Keep,
 }
 
 /// Fully resolved refresh policy of one source.
@@ -247,6 +268,11 @@ impl HttpConfig {
 impl Config {
     /// Reads, parses and checks `path`, returning every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse(&Config::read(path)?, path)
+    }
+
+    /// The text of `path`, refused when unreadable or larger than a configuration may be.
+    pub fn read(path: &Path) -> Result<String, ConfigErrors> {
         let whole_file = |message: String| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
@@ -263,17 +289,20 @@ impl Config {
                 "is {size} bytes; a configuration may be at most {MAX_CONFIG_BYTES}"
             )));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read: {e}")))?;
-        Config::parse(&text, path)
+        std::fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read: {e}")))
     }
 
     /// Parses and checks `text`; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         let locator = Locator::new(text);
-        let config = parse::deserialize(text, file, &locator).map_err(|e| ConfigErrors(vec![e]))?;
+        let mut config =
+            parse::deserialize(text, file, &locator).map_err(|e| ConfigErrors(vec![e]))?;
         let problems = validate::check(&config);
         if problems.is_empty() {
+            let prints = fingerprint::prints(text, &config);
+            for (source, print) in config.sources.iter_mut().zip(prints) {
+                source.print = print;
+            }
             Ok(config)
         } else {
             Err(ConfigErrors(

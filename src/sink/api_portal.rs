@@ -558,6 +558,11 @@ impl Sink for ApiPortalSink {
         Box::pin(async move { self.unpublish(instance).await.map_err(Into::into) })
     }
 
+    /// Every entry this sink recorded, whichever instances the loop knew of.
+    fn retire<'a>(&'a self, _: &'a [InstanceId]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.revoke().await.map(drop) })
+    }
+
     fn revoke(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
         Box::pin(async move {
             let instances = self.stored_instances();

@@ -337,6 +337,12 @@ impl FileSink {
         if !self.is_per_instance() {
             return Ok(());
         }
+        self.delete_blocking(instance)
+    }
+
+    /// Deletes the token file of `instance` and its metadata, unless the metadata names
+    /// another source.
+    fn delete_blocking(&self, instance: &InstanceId) -> Result<(), AtomicError> {
         let relative = self.relative(instance)?;
         let (sub, name) = atomic::split(&relative);
         let dir = Dir::open(&self.dir, sub)?;
@@ -399,6 +405,16 @@ impl Sink for FileSink {
     fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
         let (sink, instance) = (self.clone(), instance.clone());
         Box::pin(blocking(move || sink.remove_blocking(&instance)))
+    }
+
+    fn retire<'a>(
+        &'a self,
+        instances: &'a [InstanceId],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        let (sink, instances) = (self.clone(), instances.to_vec());
+        Box::pin(blocking(move || {
+            instances.iter().try_for_each(|i| sink.delete_blocking(i))
+        }))
     }
 
     fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {

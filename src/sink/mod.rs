@@ -154,6 +154,10 @@ pub trait Sink: Any + Send + Sync {
     /// Removes what was written for an instance that went away upstream.
     fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>>;
 
+    /// The sink left the configuration (a reload removed it, or its source): deletes what it
+    /// wrote for `instances` by the kind's own rules. Required, so that every kind decides.
+    fn retire<'a>(&'a self, instances: &'a [InstanceId]) -> BoxFuture<'a, Result<(), SinkError>>;
+
     /// A token an earlier run left here that still matches its record, for a warm restart.
     fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {
         Box::pin(async { None })

@@ -391,6 +391,11 @@ impl SecretSink {
         if !self.is_per_instance() {
             return Ok(());
         }
+        self.delete_ours(instance).await
+    }
+
+    /// Deletes the Secret of `instance` if it exists and this agent made it.
+    async fn delete_ours(&self, instance: &InstanceId) -> Result<(), SecretError> {
         let (api, namespace) = self.api().await?;
         let name = self.name(instance);
         let existing = match api
@@ -444,6 +449,18 @@ impl Sink for SecretSink {
 
     fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move { self.delete(instance).await.map_err(Into::into) })
+    }
+
+    fn retire<'a>(
+        &'a self,
+        instances: &'a [InstanceId],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            for instance in instances {
+                self.delete_ours(instance).await?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use self::scripted::Scripted;
-use super::source_loop::CLOCK_CHECK_PERIOD;
+use super::source_loop::{self, CLOCK_CHECK_PERIOD};
 use super::state;
 use super::*;
 use crate::names::InstanceId;
@@ -235,7 +235,7 @@ async fn a_failed_sink_is_retried_without_fetching_again() {
 fn an_idle_source_loop_is_small() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, _) = agent(dir.path(), &[Scripted::default()]);
-    let (_tx, rx) = watch::channel(false);
+    let (_tx, rx) = watch::channel(source_loop::Stop::No);
     let run = agent.loops[0].run(&agent.context, rx);
     assert!(size_of_val(&run) <= 1024, "{} bytes", size_of_val(&run));
 }
