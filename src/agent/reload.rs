@@ -128,6 +128,13 @@ impl Agent {
         let running: Vec<_> = supervisor.members().map(|m| m.source.clone()).collect();
         claim_named_places(&self.context.places, &running);
         view.metrics.set_sources(supervisor.len());
+        for names in [
+            &mut outcome.added,
+            &mut outcome.changed,
+            &mut outcome.removed,
+        ] {
+            names.sort();
+        }
         Ok(outcome)
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api_portal;
 pub mod kube_api;
+pub mod kubelet;
 pub mod mindsphere;
 pub mod process;
 #[path = "../../src/skipped.rs"]
