@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod child;
 pub mod clock;
 pub mod config;
 pub mod credential;
@@ -20,6 +21,7 @@ pub mod kind;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod notifier;
 pub mod observability;
 pub mod redact;
 pub mod reload;

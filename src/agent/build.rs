@@ -11,6 +11,7 @@ use super::{AgentBuildError, FETCH_GRACE};
 use crate::config::{Config, SourceConfig};
 use crate::http::HttpClients;
 use crate::k8s::KubeContext;
+use crate::notifier::Notifier;
 use crate::observability::Observability;
 use crate::sink::{SinkContext, TENANT, place};
 use crate::source::{BuildContext, Source};
@@ -67,6 +68,16 @@ impl Builder<'_> {
             let label = sink.label();
             sinks.push(LoopSink { sink, label, place });
         }
+        let notifier = match s.notify.is_empty() {
+            true => None,
+            false => {
+                let client = Notifier::needs_http(&s.notify)
+                    .then(|| self.clients.get(&http))
+                    .transpose()
+                    .map_err(|e| failed(e.into()))?;
+                Some(Arc::new(Notifier::new(s.notify.clone(), client)))
+            }
+        };
         let labels: Vec<String> = sinks.iter().map(|s| s.label.clone()).collect();
         Ok(SourceLoop {
             name: s.name.clone(),
@@ -86,6 +97,7 @@ impl Builder<'_> {
             print: s.print.clone(),
             on_remove: s.on_remove,
             credentials_changed: Notify::new(),
+            notifier,
         })
     }
 

@@ -8,8 +8,9 @@ use super::places::Owner;
 use super::report::{InstanceRemoval, Published, SinkRetired, SinkWrite};
 use super::source_loop::LoopSink;
 use super::source_loop::{SinkPlace, SourceLoop};
-use super::state::LoopState;
+use super::state::{Announce, Instance, LoopState};
 use crate::names::InstanceId;
+use crate::notifier::Change;
 
 /// Longest a sink write may take before the loop counts as stuck (see `/healthz`).
 const SINK_WRITE_LIMIT: Duration = Duration::from_secs(60);
@@ -25,6 +26,7 @@ impl SourceLoop {
     ) {
         let report = self.reporter(context);
         let mut failed = false;
+        let mut news = News::default();
         for (key, instance) in state
             .instances
             .iter_mut()
@@ -55,6 +57,14 @@ impl SourceLoop {
                     result: &result,
                 });
             }
+            // In place in every sink: now, and only now, the app may hear of it.
+            if instance.announce != Announce::Done && instance.delivered.iter().all(|d| *d) {
+                news.add(key, instance, &self.sinks);
+                instance.announce = Announce::Done;
+            }
+        }
+        if let (Some(announcer), Some(change)) = (&state.announcer, news.change) {
+            announcer.announce(change);
         }
         let mut still = Vec::new();
         for (key, index) in std::mem::take(&mut state.removals) {
@@ -124,6 +134,32 @@ impl SourceLoop {
             valid: state.valid(now),
             expires_at: state.earliest_expiry(),
             next_refresh: state.next_fetch,
+        });
+    }
+}
+
+/// The token changes of one delivery round, as one notification: a batch of tenants is one.
+#[derive(Default)]
+struct News {
+    change: Option<Change>,
+}
+
+impl News {
+    fn add(&mut self, key: &InstanceId, instance: &Instance, sinks: &[LoopSink]) {
+        let adopted = instance.announce == Announce::Adopted;
+        let expires_at = instance.token.expires_at;
+        self.change = Some(match self.change.take() {
+            None => Change {
+                expires_at,
+                file: sinks.iter().find_map(|s| s.sink.file_of(key)),
+                adopted,
+            },
+            // Several instances: no one file; reused only if all were.
+            Some(c) => Change {
+                expires_at: c.expires_at.min(expires_at),
+                file: None,
+                adopted: c.adopted && adopted,
+            },
         });
     }
 }

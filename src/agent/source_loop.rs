@@ -13,6 +13,7 @@ use super::state::LoopState;
 use crate::config::{OnRemove, RefreshPolicy, RetryPolicy, SourcePrint};
 use crate::metrics::SourceMetrics;
 use crate::names::InstanceId;
+use crate::notifier::Notifier;
 use crate::schedule::refresh_delay;
 use crate::sink::{Sink, TENANT};
 use crate::source::{Source, jwt};
@@ -45,6 +46,8 @@ pub(super) struct SourceLoop {
     pub on_remove: OnRemove,
     /// A credential file it reads changed: a running failure backoff is cut short.
     pub credentials_changed: Notify,
+    /// Its `notify:` actions, if any.
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// What the agent asks of a running loop.
@@ -116,6 +119,10 @@ impl SourceLoop {
             false => None,
         };
         let mut state = self.new_state(adopted, now);
+        state.announcer = self
+            .notifier
+            .as_ref()
+            .map(|n| n.start(&self.name, context.observability.clone()));
         let mut leader = context.leader.subscribe();
         loop {
             if self.needs_leader && !*leader.borrow_and_update() {

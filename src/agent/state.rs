@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use super::instances::Instances;
 use crate::config::{RefreshPolicy, RetryPolicy};
 use crate::names::InstanceId;
+use crate::notifier::Announcer;
 use crate::schedule::{Backoff, refresh_delay};
 use crate::token::Token;
 
@@ -16,6 +17,19 @@ pub(super) struct Instance {
     /// `delivered[i]`: sink `i` holds this token.
     pub delivered: Vec<bool>,
     pub refresh_at: SystemTime,
+    /// The app is still to be told about this token, once every sink holds it.
+    pub announce: Announce,
+}
+
+/// Whether a token is news to the app (`notify:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Announce {
+    /// Told already, or nothing to tell.
+    Done,
+    /// Fetched by this run.
+    New,
+    /// Left by an earlier run and reused: only actions with `on_start: true` hear of it.
+    Adopted,
 }
 
 pub(super) struct LoopState {
@@ -28,6 +42,8 @@ pub(super) struct LoopState {
     pub next_sink_retry: SystemTime,
     pub fetch_backoff: Backoff,
     pub sink_backoff: Backoff,
+    /// Where changes go to be told to the app, when the source has notify actions (`run` only).
+    pub announcer: Option<Announcer>,
     /// How many sinks the source has (each instance tracks delivery to each).
     sinks: usize,
 }
@@ -49,11 +65,15 @@ impl LoopState {
             next_sink_retry: now,
             fetch_backoff: Backoff::new(retry),
             sink_backoff: Backoff::new(retry),
+            announcer: None,
             sinks,
         };
         if let Some(token) = adopted {
             state.next_fetch = now + refresh_delay(refresh, &token, now, fastrand::f64());
             state.insert(InstanceId::single(), token, state.next_fetch);
+            for instance in state.instances.values_mut() {
+                instance.announce = Announce::Adopted;
+            }
             state.listed = true;
         }
         state
@@ -78,6 +98,7 @@ impl LoopState {
                 token,
                 delivered,
                 refresh_at,
+                announce: Announce::New,
             },
         );
     }

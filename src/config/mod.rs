@@ -24,6 +24,7 @@ use self::locate::Locator;
 pub use self::percent::Percent;
 use crate::http::HttpSettings;
 use crate::leader::LeaderElectionConfig;
+use crate::notifier::NotifyConfig;
 use crate::sink::SinkConfig;
 use crate::sink::file::FileDefaults;
 use crate::source::SourceSpec;
@@ -172,6 +173,9 @@ pub struct SourceConfig {
     /// them in place (`keep`).
     #[serde(default)]
     pub on_remove: OnRemove,
+    /// Told after each token change is in place in every sink (`notifier.rs`).
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
     #[serde(flatten)]
     pub spec: SourceSpec,
     /// Its effective settings as a reload compares them (filled in by [`Config::parse`]).

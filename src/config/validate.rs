@@ -100,6 +100,30 @@ pub(super) fn check(config: &Config) -> Vec<(String, String)> {
                 push(format!("{at}.{field}"), INLINE_SECRET.into());
             }
         }
+        let requires_https = source.http.requires_https(&config.defaults.http);
+        for (k, action) in source.notify.iter().enumerate() {
+            let action_at = format!("{at}.notify[{k}]");
+            for (field, message) in action.check() {
+                push(format!("{action_at}.{field}"), message);
+            }
+            if !config.allow_inline_secrets {
+                for field in action.inline_secrets() {
+                    push(format!("{action_at}.{field}"), INLINE_SECRET.into());
+                }
+            }
+            if let Some((field, url)) = action.remote_endpoint()
+                && requires_https
+                && is_cleartext_remote(url)
+            {
+                push(
+                    format!("{action_at}.{}.{field}", action.name()),
+                    format!(
+                        "`{}` goes in clear text to another host: use https, or set `http.require_https: false`",
+                        display(url)
+                    ),
+                );
+            }
+        }
         if source.sinks.is_empty() {
             push(
                 format!("{at}.sinks"),

@@ -417,6 +417,10 @@ impl Sink for FileSink {
         }))
     }
 
+    fn file_of(&self, instance: &InstanceId) -> Option<PathBuf> {
+        Some(self.dir.join(self.relative(instance).ok()?))
+    }
+
     fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {
         let sink = self.clone();
         Box::pin(async move {

@@ -158,6 +158,12 @@ pub trait Sink: Any + Send + Sync {
     /// wrote for `instances` by the kind's own rules. Required, so that every kind decides.
     fn retire<'a>(&'a self, instances: &'a [InstanceId]) -> BoxFuture<'a, Result<(), SinkError>>;
 
+    /// The file an app reads `instance`'s token from, for a sink that keeps it in one (what a
+    /// notify action is told).
+    fn file_of(&self, _instance: &InstanceId) -> Option<PathBuf> {
+        None
+    }
+
     /// A token an earlier run left here that still matches its record, for a warm restart.
     fn load_existing(&self) -> BoxFuture<'_, Option<Token>> {
         Box::pin(async { None })

@@ -7,43 +7,18 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::response::{self, ResponseMapping};
 use super::{BuildContext, BuildError, FetchError, Now, Problems, SingleTokenSource, Source, SourceKind};
+use crate::child::{ProcessGroup, path_variable};
 use crate::credential::CredentialRef;
 use crate::http::MAX_RESPONSE_BYTES;
 use crate::names::is_env_name;
 use crate::redact::scrub;
 use crate::token::Token;
-
-/// The command's process group, killed when this is dropped before the command was reaped
-/// (a timeout, or the fetch cancelled at shutdown): a shell's pipeline or background job dies
-/// with it. Disarmed once the command has exited and been reaped, since its group id may then
-/// be reused.
-struct ProcessGroup(Option<Pid>);
-
-impl ProcessGroup {
-    fn of(child: &tokio::process::Child) -> Self {
-        ProcessGroup(child.id().and_then(|id| Pid::from_raw(id.try_into().ok()?)))
-    }
-
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if let Some(group) = self.0 {
-            // Already gone (every member exited) is fine.
-            let _ = kill_process_group(group, Signal::KILL);
-        }
-    }
-}
 
 /// Most of stderr kept for an error message (before scrubbing and truncation).
 const MAX_STDERR_BYTES: usize = 64 * 1024;
@@ -161,10 +136,7 @@ impl SingleTokenSource for ExecSource {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
+            .env("PATH", path_variable())
             .envs(&c.env)
             .stdin(if c.stdin.is_some() {
                 Stdio::piped()
