@@ -233,3 +233,80 @@ impl FileWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    const QUIET: Duration = Duration::from_millis(100);
+    const BACKSTOP: Duration = Duration::from_millis(400);
+
+    /// The next change, failing the test after 5 s.
+    async fn next(watch: &mut FileWatch) -> Change {
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("no change reported within 5 s")
+    }
+
+    #[tokio::test]
+    async fn sees_writes_and_data_swaps_ignores_the_rest_and_survives_a_replaced_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("config");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let mut watch = FileWatch::new([file.clone()], QUIET, BACKSTOP);
+        let only_file = Change {
+            files: [file.clone()].into(),
+            backstop: false,
+        };
+
+        std::fs::write(&file, "b").unwrap();
+        assert_eq!(next(&mut watch).await, only_file);
+
+        // A kubelet-style swap: `..data_tmp` renamed over `..data`.
+        std::fs::create_dir(dir.join("..2026_1")).unwrap();
+        symlink("..2026_1", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join(DATA_LINK)).unwrap();
+        assert_eq!(next(&mut watch).await, only_file);
+
+        // Other files, other `..` entries, and reads: only the backstop follows.
+        std::fs::write(dir.join("other.yaml"), "x").unwrap();
+        std::fs::create_dir(dir.join("..2026_2")).unwrap();
+        let _ = std::fs::read(&file).unwrap();
+        let quiet = next(&mut watch).await;
+        assert_eq!(
+            quiet,
+            Change {
+                files: BTreeSet::new(),
+                backstop: true
+            }
+        );
+
+        // The directory is replaced by another one at the same path: watched again.
+        std::fs::rename(&dir, root.path().join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        // Whatever the move itself reports, the watch is re-armed by the next backstop.
+        let _ = next(&mut watch).await;
+        let rearmed = next(&mut watch).await;
+        assert!(rearmed.backstop || rearmed == only_file, "{rearmed:?}");
+        std::fs::write(&file, "c").unwrap();
+        assert_eq!(next(&mut watch).await, only_file);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_is_one_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        let mut watch = FileWatch::new([file.clone()], QUIET, Duration::from_secs(60));
+        for i in 0..10 {
+            std::fs::write(&file, i.to_string()).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(next(&mut watch).await.files, [file].into());
+        let again = tokio::time::timeout(QUIET * 3, watch.changed()).await;
+        assert!(again.is_err(), "a second change for one burst: {again:?}");
+    }
+}

@@ -63,6 +63,36 @@ fn error_table() {
     let with = |from: &str, to: &str| format!("sources:\n{}", GOOD_SOURCE.replace(from, to));
     let cases: Vec<(String, &str, (usize, usize), &str)> = vec![
         (
+            src("    notify:\n      - signal: { name: HUP }\n"),
+            "sources[0].notify[0].signal",
+            (10, 9),
+            "exactly one of `pid_file` or `process`",
+        ),
+        (
+            src("    notify:\n      - signal: { name: KILL, pid_file: /p }\n"),
+            "sources[0].notify[0].signal.name",
+            (10, 25),
+            "unknown variant `KILL`",
+        ),
+        (
+            src("    notify:\n      - http: { url: 'http://app.example.com/hook' }\n"),
+            "sources[0].notify[0].http.url",
+            (10, 17),
+            "clear text to another host",
+        ),
+        (
+            src("    notify:\n      - exec: { command: [/bin/true], timeout: 0s, colour: x }\n"),
+            "sources[0].notify[0].exec.colour",
+            (10, 52),
+            "unknown field `colour`",
+        ),
+        (
+            src("    on_remove: later\n"),
+            "sources[0].on_remove",
+            (9, 16),
+            "unknown variant `later`",
+        ),
+        (
             "sources: [\n".into(),
             "sources",
             (1, 10),
