@@ -536,3 +536,43 @@ async fn the_portal_mock_refuses_what_the_portal_would() {
     );
     assert_eq!(portal.entries.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_source_deletes_its_entry_and_leaves_the_rest_alone() {
+    let s = setup(600).await;
+    let both = s.config(&["weather", "maps"], "portal-password");
+    let parse = |path: &Path| Config::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+    let agent = Agent::build(&parse(&both), Clock::system()).unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (reloads, requests) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(agent.run_with_reloads(rx, requests));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.portal.entries.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", methods(&s.mock));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = methods(&s.mock).len();
+    let one = s.config(&["weather"], "portal-password");
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    reloads
+        .send(token_agent::agent::Reload {
+            config: parse(&one),
+            reply,
+        })
+        .await
+        .unwrap();
+    let outcome = outcome.await.unwrap().unwrap();
+    assert_eq!(
+        (outcome.removed, outcome.unchanged),
+        (vec!["maps".to_owned()], 1)
+    );
+    let calls = methods(&s.mock)[before..].to_vec();
+    assert_eq!(
+        calls.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        ["DELETE"],
+        "one DELETE, for the removed source's entry; the kept source is not touched: {calls:?}"
+    );
+    assert_eq!(s.portal.entries.lock().unwrap().len(), 1);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
