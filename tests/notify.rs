@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::AgentProcess;
-use common::{Mock, Reply, Running, SpawnGuarded};
+use common::{Mock, Reply, Running, SpawnGuarded, scrape as metrics, series_value as metric};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
@@ -145,23 +145,6 @@ async fn an_app_found_by_process_name_is_signalled() {
     let app = dir.path().join("ta-notify-app");
     std::fs::copy("/bin/sh", &app).unwrap();
     every_read_is_the_new_token(20, "process: ta-notify-app", dir.path(), &app).await;
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(base: &str) -> String {
-    token_agent::install_crypto_provider();
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

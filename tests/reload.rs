@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::kubelet::ProjectedVolume;
 use common::process::AgentProcess;
-use common::{Mock, Reply};
+use common::{Mock, Reply, scrape as metrics, series_value as value};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-agent");
@@ -70,24 +70,6 @@ async fn wait_for(what: &str, agent: &AgentProcess, mut check: impl FnMut() -> b
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn metrics(base: &str) -> String {
-    token_agent::install_crypto_provider();
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the series `name{labels}` (exact label text), 0 when absent.
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Files in the token directory, hidden metadata included.

@@ -127,13 +127,14 @@ fn read_pid(file: &std::path::Path) -> Result<Pid, NotifyError> {
 }
 
 /// The processes named `name`, by `comm` (truncated by the kernel) and, for longer names, by
-/// the file name of `argv[0]`.
+/// the file name of `argv[0]`; of a tree of same-named processes only the topmost (nginx's
+/// master, not its workers; an app, not a child it has forked and not yet exec'd).
 fn find_by_name(name: &str) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let comm_name: String = name.chars().take(COMM_LEN).collect();
-    entries
+    let named: Vec<(i32, i32)> = entries
         .filter_map(|e| {
             let e = e.ok()?;
             let raw: i32 = e.file_name().to_str()?.parse().ok()?;
@@ -149,7 +150,20 @@ fn find_by_name(name: &str) -> Vec<Pid> {
                     return None;
                 }
             }
-            signallable(raw)
+            Some((raw, parent_of(&e.path())?))
         })
+        .collect();
+    named
+        .iter()
+        .filter(|(_, parent)| !named.iter().any(|(pid, _)| pid == parent))
+        .filter_map(|(pid, _)| signallable(*pid))
         .collect()
+}
+
+/// The parent pid in `/proc/PID/stat` (the field after the parenthesised name, which may
+/// itself hold spaces and parentheses).
+fn parent_of(proc_dir: &std::path::Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }

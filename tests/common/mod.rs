@@ -307,3 +307,18 @@ pub fn example(
     }
     text
 }
+
+/// `GET {base}/metrics` of an agent.
+pub async fn scrape(base: &str) -> String {
+    token_agent::install_crypto_provider();
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// The value of the series `name{labels}` (label text exactly as exposed), 0 when absent.
+pub fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
