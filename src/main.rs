@@ -103,7 +103,7 @@ fn main() -> ExitCode {
                 config,
                 leader_elect,
             } => match Config::read(&config)
-                .and_then(|text| Ok((Config::parse(&text, &config)?, text)))
+                .and_then(|text| Ok((Config::parse_live(&text, &config)?, text)))
             {
                 Ok((mut c, text)) => {
                     warn_about(&c);

@@ -159,7 +159,7 @@ impl ConfigReloader {
             return None;
         }
         self.seen = digest;
-        let mut config = match Config::parse(&text, &self.path) {
+        let mut config = match Config::parse_live(&text, &self.path) {
             Ok(config) => config,
             Err(errors) => {
                 for e in &errors.0 {

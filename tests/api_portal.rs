@@ -541,7 +541,8 @@ async fn the_portal_mock_refuses_what_the_portal_would() {
 async fn a_reload_that_removes_a_source_deletes_its_entry_and_leaves_the_rest_alone() {
     let s = setup(600).await;
     let both = s.config(&["weather", "maps"], "portal-password");
-    let parse = |path: &Path| Config::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+    let parse =
+        |path: &Path| Config::parse_live(&std::fs::read_to_string(path).unwrap(), path).unwrap();
     let agent = Agent::build(&parse(&both), Clock::system()).unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let (reloads, requests) = tokio::sync::mpsc::channel(1);

@@ -33,23 +33,6 @@ fn start_agent(config: &Path) -> AgentProcess {
     AgentProcess::start(Command::new(BIN).args(["run", "--config", &config.display().to_string()]))
 }
 
-async fn wait_for(
-    what: &str,
-    agent: &AgentProcess,
-    limit: Duration,
-    mut check: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the agent printed:\n{}",
-            agent.printed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Starts the app as `program` (a copy of `sh` under another name, so it can be found by
 /// name), logging to `log`.
 fn start_app(program: &Path, token: &Path, pid_file: &Path, log: &Path) -> Running {
@@ -107,13 +90,13 @@ async fn every_read_is_the_new_token(rotations: usize, target: &str, dir: &Path,
     )
     .unwrap();
     let agent = start_agent(&config);
-    wait_for(
-        &format!("{rotations} reads"),
-        &agent,
-        Duration::from_secs(120),
-        || lines(&log).len() >= rotations,
-    )
-    .await;
+    agent
+        .wait_until(
+            &format!("{rotations} reads"),
+            Duration::from_secs(120),
+            || lines(&log).len() >= rotations,
+        )
+        .await;
     let reads = lines(&log);
     for (i, read) in reads.iter().take(rotations).enumerate() {
         assert_eq!(
@@ -230,14 +213,16 @@ async fn commands_and_webhooks_hear_the_source_and_file_but_never_the_token() {
     )
     .unwrap();
     let agent = start_agent(&config);
-    wait_for("the webhook", &agent, Duration::from_secs(20), || {
-        !hook.requests().is_empty()
-    })
-    .await;
-    wait_for("both commands", &agent, Duration::from_secs(20), || {
-        env_out.exists() && !lines(&starts).is_empty()
-    })
-    .await;
+    agent
+        .wait_until("the webhook", Duration::from_secs(20), || {
+            !hook.requests().is_empty()
+        })
+        .await;
+    agent
+        .wait_until("both commands", Duration::from_secs(20), || {
+            env_out.exists() && !lines(&starts).is_empty()
+        })
+        .await;
     let env = std::fs::read_to_string(&env_out).unwrap();
     let file: PathBuf = tokens.join("s.token");
     for expected in [
@@ -269,13 +254,11 @@ async fn commands_and_webhooks_hear_the_source_and_file_but_never_the_token() {
     // A warm restart reuses the token: only the `on_start: true` action runs again.
     std::fs::remove_file(&env_out).unwrap();
     let agent = start_agent(&config);
-    wait_for(
-        "the on_start action",
-        &agent,
-        Duration::from_secs(20),
-        || lines(&starts).len() == 2,
-    )
-    .await;
+    agent
+        .wait_until("the on_start action", Duration::from_secs(20), || {
+            lines(&starts).len() == 2
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !env_out.exists(),

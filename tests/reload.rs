@@ -60,16 +60,9 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-async fn wait_for(what: &str, agent: &AgentProcess, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the agent printed:\n{}",
-            agent.printed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits up to 20 s for `check`.
+async fn wait_for(what: &str, agent: &AgentProcess, check: impl FnMut() -> bool) {
+    agent.wait_until(what, Duration::from_secs(20), check).await;
 }
 
 /// Files in the token directory, hidden metadata included.

@@ -59,7 +59,7 @@ impl Agent {
         let mut kept = HashSet::new();
         for s in &config.sources {
             match supervisor.member(&s.name) {
-                Some(m) if m.source.print == s.print => {
+                Some(m) if m.source.print.same_settings(&s.print) => {
                     kept.insert(s.name.as_str());
                 }
                 running => {
@@ -88,7 +88,7 @@ impl Agent {
             let retired: Vec<usize> = match wanted.get(name.as_str()) {
                 // Sinks the new version no longer has.
                 Some(new) => (0..old.sinks.len())
-                    .filter(|&i| !new.print.sinks.contains(&old.print.sinks[i]))
+                    .filter(|&i| !old.print.sink_kept_in(i, &new.print))
                     .collect(),
                 None => (0..old.sinks.len()).collect(),
             };

@@ -21,14 +21,30 @@ pub type Digest = [u8; 32];
 /// One source's settings, as a reload compares them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourcePrint {
-    /// Everything that decides how the source fetches and where it delivers.
-    pub whole: Digest,
+    /// Everything that decides how the source fetches and where it delivers; `None` when not
+    /// computed (a configuration from [`Config::parse`]), which never counts as the same.
+    pub whole: Option<Digest>,
     /// Each sink, in order, with what it inherits: the sinks of a changed source that are not
     /// among its new ones are retired (their outputs removed).
     pub sinks: Vec<Digest>,
     /// Files the source reads at each fetch (credentials, CA bundle, client certificate): a
     /// change to one cuts a failure backoff short.
     pub files: Vec<PathBuf>,
+}
+
+impl SourcePrint {
+    /// Whether two versions of a source have the same effective settings (never when either
+    /// was not computed).
+    pub fn same_settings(&self, other: &SourcePrint) -> bool {
+        self.whole.is_some() && self.whole == other.whole
+    }
+
+    /// Whether sink `index` of this version is also a sink of `other` (never when unknown).
+    pub fn sink_kept_in(&self, index: usize, other: &SourcePrint) -> bool {
+        self.sinks
+            .get(index)
+            .is_some_and(|d| other.sinks.contains(d))
+    }
 }
 
 /// The keys whose string value names a file the HTTP client reads.
@@ -79,7 +95,7 @@ pub(super) fn prints(text: &str, config: &Config) -> Vec<SourcePrint> {
             files.sort();
             files.dedup();
             SourcePrint {
-                whole: digest_of(&[&value.to_string(), &inherited]),
+                whole: Some(digest_of(&[&value.to_string(), &inherited])),
                 sinks,
                 files,
             }
@@ -130,8 +146,8 @@ mod tests {
     use super::*;
 
     fn prints_of(text: &str) -> Vec<SourcePrint> {
-        let config = Config::parse(text, Path::new("t.yaml")).unwrap();
-        prints(text, &config)
+        let config = Config::parse_live(text, Path::new("t.yaml")).unwrap();
+        config.sources.into_iter().map(|s| s.print).collect()
     }
 
     const BASE: &str = "

@@ -44,10 +44,12 @@ impl ExecAction {
     }
 
     pub async fn run(&self, source: &str, change: &Change) -> Result<(), NotifyError> {
-        let program = &self.command[0];
+        let Some((program, args)) = self.command.split_first() else {
+            return Err(NotifyError("no command".into())); // refused by `check`
+        };
         let failed = |why: String| NotifyError(format!("`{program}`: {why}"));
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(&self.command[1..])
+        cmd.args(args)
             .env_clear()
             .env("PATH", path_variable())
             .env("TOKEN_AGENT_SOURCE", source)

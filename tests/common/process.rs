@@ -92,6 +92,20 @@ impl AgentProcess {
         }
     }
 
+    /// Waits until `check` holds, up to `limit`; fails the test with everything the agent
+    /// printed otherwise.
+    pub async fn wait_until(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the agent printed:\n{}",
+                self.printed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, then waits up to 10 s for the exit (blocking: call it off the async threads).
     /// Returns the exit status and everything the agent printed.
     pub fn terminate(mut self) -> (ExitStatus, String) {
