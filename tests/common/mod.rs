@@ -14,7 +14,7 @@ pub mod vendors;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -260,8 +260,22 @@ pub trait SpawnGuarded {
 }
 
 impl SpawnGuarded for std::process::Command {
+    /// Retries `ETXTBSY`: a program a test has just written can still be open for writing
+    /// in a child another test thread forked meanwhile, until that child execs (the classic
+    /// fork/exec race of a multithreaded process, golang/go#22315).
     fn spawn_guarded(&mut self) -> Running {
-        Running(self.spawn().expect("the process starts"))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn() {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                started => return Running(started.expect("the process starts")),
+            }
+        }
     }
 }
 
