@@ -1,6 +1,7 @@
 //! The binary against a stateful Kubernetes API stand-in, through a kubeconfig: the agent
 //! writes a Secret, a refresh updates it, an injected 403 leaves the previous value in place
-//! (while the file sink goes on), and it recovers once allowed again.
+//! (while the file sink goes on), and it recovers once allowed again; a live reload deletes
+//! only the Secrets this agent created.
 
 mod common;
 
@@ -440,4 +441,111 @@ async fn an_unchanged_token_makes_no_kubernetes_api_call() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0), "{printed}");
+}
+
+/// A live reload that removes sources cleans up by the Secret sink's own rule: the Secret
+/// this agent created is deleted; one it never created (it refused to take it over) and one
+/// of a source marked `on_remove: keep` stay. The reload comes from the file watch, as it
+/// would from a ConfigMap update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_deletes_only_the_secrets_this_agent_created() {
+    let setup = Setup::start(Duration::from_secs(600)).await;
+    let Setup {
+        api,
+        issuer,
+        dir,
+        kubeconfig,
+    } = &setup;
+    let config = dir.path().join("config.yaml");
+    let write_config = |sources: &[(&str, &str)]| {
+        let mut text = "server: { enabled: false }\nsources:\n".to_owned();
+        for (name, extra) in sources {
+            text += &format!(
+                "  - name: {name}\n    kind: oauth2\n    token_url: '{}'\n    client_id: c\n    client_secret: {{ file: '{}' }}\n    sinks: [ {{ secret: {{ name: {name}-token }} }} ]\n{extra}",
+                issuer.token_url(),
+                dir.path().join("client-secret").display()
+            );
+        }
+        // Write and rename, as an editor does: the watcher sees one complete file.
+        let staged = dir.path().join(".config.yaml.swp");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, &config).unwrap();
+    };
+    let theirs = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "billing-token", "namespace": "team-a", "uid": "u-theirs", "resourceVersion": "7"}, "data": {"token": base64::engine::general_purpose::STANDARD.encode("theirs")}});
+    api.store.lock().unwrap().objects.insert(
+        (
+            "Secret".to_owned(),
+            "team-a".to_owned(),
+            "billing-token".to_owned(),
+        ),
+        theirs.clone(),
+    );
+    write_config(&[
+        ("orders", ""),
+        ("billing", ""),
+        ("audit", "    on_remove: keep\n"),
+    ]);
+    let child = AgentProcess::start(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info"),
+    );
+    let secret = |name: &str| api.get("Secret", "team-a", name);
+    let ours = |name: &str| {
+        secret(name).is_some_and(|s| {
+            s["metadata"]["annotations"]["token-agent.io/source"] == name.trim_end_matches("-token")
+        })
+    };
+    child
+        .wait_until("orders and audit Secrets", Duration::from_secs(20), || {
+            ours("orders-token") && ours("audit-token")
+        })
+        .await;
+    child
+        .wait_until(
+            "the refusal of billing-token",
+            Duration::from_secs(20),
+            || {
+                child
+                    .printed()
+                    .contains("billing-token exists and token-agent did not create it")
+            },
+        )
+        .await;
+    let audit = secret("audit-token");
+
+    write_config(&[("payments", "")]);
+    // Stopped sources are retired before an added one starts.
+    child
+        .wait_until("the added source's Secret", Duration::from_secs(20), || {
+            ours("payments-token")
+        })
+        .await;
+    assert_eq!(
+        secret("orders-token"),
+        None,
+        "created by this agent: deleted"
+    );
+    assert_eq!(secret("billing-token"), Some(theirs), "not ours: untouched");
+    assert_eq!(secret("audit-token"), audit, "on_remove: keep");
+    let deletes: Vec<_> = api
+        .store
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|(method, _, _)| method == "DELETE")
+        .cloned()
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(
+        deletes[0].1.ends_with("/secrets/orders-token"),
+        "{deletes:?}"
+    );
+    let (status, logs) = tokio::task::spawn_blocking(move || child.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(logs.contains("removed"), "{logs}");
 }
