@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Every test that cannot run here (no root, no npm, no kubernetes-validate) appends a line to
+# Every test that cannot run here (no root, no npm, no kubernetes-validate, no promtool) appends a line to
 # this file; the list is printed at the end, so a skip never passes unnoticed. .ci/run sets
 # TOKEN_AGENT_REQUIRE_* so that in CI nothing skips.
 TOKEN_AGENT_SKIP_LOG="$(mktemp)"
@@ -34,6 +34,17 @@ elif [ -n "${TOKEN_AGENT_REQUIRE_MANIFESTS:-}" ]; then
   exit 1
 else
   echo "manifests: kubernetes-validate is not installed: pip install kubernetes-validate" >>"$TOKEN_AGENT_SKIP_LOG"
+fi
+
+echo "== alert rules: PromQL syntax and unit tests (promtool)"
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules deploy/alerts.yaml >/dev/null
+  promtool test rules deploy/alerts_test.yaml
+elif [ -n "${TOKEN_AGENT_REQUIRE_PROMTOOL:-}" ]; then
+  echo "promtool is not installed (apt install prometheus)" >&2
+  exit 1
+else
+  echo "alert rules: promtool is not installed: apt install prometheus" >>"$TOKEN_AGENT_SKIP_LOG"
 fi
 
 echo "== cargo fmt --check"

@@ -32,6 +32,7 @@ pub struct Metrics {
     leader: IntGauge,
     config_reloads: IntCounterVec,
     config_last_success: Gauge,
+    config_last_ok: IntGauge,
     config_info: IntGaugeVec,
     notify: IntCounterVec,
     per_source: RwLock<Vec<Arc<SourceMetrics>>>,
@@ -108,6 +109,13 @@ impl Metrics {
                     Gauge::with_opts(opts(
                         "token_agent_config_last_reload_success_timestamp_seconds",
                         "When the configuration in force was loaded (Unix time).",
+                    ))?,
+                ),
+                config_last_ok: registered(
+                    &r,
+                    IntGauge::with_opts(opts(
+                        "token_agent_config_last_reload_successful",
+                        "1 if the last configuration load succeeded, 0 if the file now there was refused.",
                     ))?,
                 ),
                 config_info: registered(
@@ -234,6 +242,7 @@ impl Metrics {
             }
         }
         self.config_last_success.set(unix(at));
+        self.config_last_ok.set(1);
         self.config_info.reset();
         self.config_info.with_label_values(&[hash]).set(1);
     }
@@ -241,6 +250,7 @@ impl Metrics {
     /// A reload was refused; the configuration in force stays.
     pub fn config_reload_failed(&self) {
         self.config_reloads.with_label_values(&["failure"]).inc();
+        self.config_last_ok.set(0);
     }
 
     /// One notify action of `source` ran, with `result` (success, failure, timeout).

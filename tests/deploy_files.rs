@@ -1,4 +1,5 @@
-//! The shipped Grafana dashboard and alert rules may only query metrics the agent exports.
+//! The shipped Grafana dashboard and alert rules may only query metrics the agent exports, and
+//! the README lists every one of them.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +17,9 @@ fn exported() -> BTreeSet<String> {
     s.set_last_success(now);
     s.set_expiry(now);
     s.set_next_refresh(now);
+    m.config_loaded("abc", now, true);
+    m.config_reload_failed();
+    m.count_notify("s", "signal", "success");
     m.encode()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -95,4 +99,22 @@ fn alert_rules_use_only_exported_metrics() {
         "README.md (Monitoring)",
         monitoring.split("\n## ").next().unwrap(),
     );
+}
+
+#[test]
+fn the_readme_lists_every_exported_metric() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let missing: Vec<_> = exported()
+        .into_iter()
+        .filter(|n| n.starts_with("token_agent_"))
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| n.strip_suffix(suffix).map(str::to_owned))
+                .unwrap_or(n)
+        })
+        .filter(|n| !readme.contains(&format!("`{n}`")))
+        .collect();
+    assert!(missing.is_empty(), "README.md does not list {missing:?}");
 }

@@ -301,6 +301,10 @@ async fn every_way_a_file_is_changed_is_one_reload_and_an_invalid_one_changes_no
             "token_agent_config_last_reload_success_timestamp_seconds"
         )
     );
+    assert_eq!(
+        value(&after, "token_agent_config_last_reload_successful"),
+        0.0
+    );
     for name in ["a", "b", "c", "d", "e"] {
         assert!(
             has(name),
@@ -325,6 +329,13 @@ async fn every_way_a_file_is_changed_is_one_reload_and_an_invalid_one_changes_no
     let valid = with(&["a", "b"]).replace("listen: '127.0.0.1:0'", "listen: '127.0.0.1:1'");
     std::fs::write(&path, valid).unwrap();
     reloads_settle_at(&agent, &base, 5.0, 1.0).await;
+    assert_eq!(
+        value(
+            &metrics(&base).await,
+            "token_agent_config_last_reload_successful"
+        ),
+        1.0
+    );
     assert!(!has("c") && has("a") && has("b"));
     let printed = agent.printed();
     assert!(
