@@ -313,18 +313,9 @@ async fn revoke(config: Config, source: &str) -> anyhow::Result<ExitCode> {
 async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<ExitCode> {
     let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
     let issuer = dev::issuer::Issuer::start("dev-client", &secret, ttl).await?;
-    let secret_file =
-        tempfile::NamedTempFile::new().context("cannot create the demo client secret file")?;
-    std::fs::write(secret_file.path(), &secret)
-        .context("cannot write the demo client secret file")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = dev::config(
-        &issuer.token_url(),
-        secret_file.path(),
-        &dir,
-        &listen.to_string(),
-    )
-    .map_err(|e| anyhow::anyhow!("built-in dev config is invalid: {e}"))?;
+    let config = dev::config(&issuer.token_url(), &secret, &dir, &listen.to_string())
+        .map_err(|e| anyhow::anyhow!("built-in dev config is invalid: {e}"))?;
     info!(
         issuer = %issuer.token_url(),
         tokens = %dir.display(),

@@ -19,6 +19,8 @@ pub struct Locator {
     positions: HashMap<String, Position>,
     /// Where each value starts (differs from the key for `key: value`).
     values: HashMap<String, Position>,
+    /// Every scalar value with its path, in document order.
+    scalars: Vec<(String, String)>,
 }
 
 enum Frame {
@@ -32,6 +34,7 @@ impl Locator {
     pub fn new(text: &str) -> Self {
         let mut positions = HashMap::new();
         let mut values = HashMap::new();
+        let mut scalars = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
@@ -61,7 +64,8 @@ impl Locator {
                     } else {
                         let path = slot_path(&stack);
                         positions.entry(path.clone()).or_insert(here);
-                        values.entry(path).or_insert(here);
+                        values.entry(path.clone()).or_insert(here);
+                        scalars.push((path, value.into_owned()));
                         advance(&mut stack);
                     }
                 }
@@ -78,7 +82,24 @@ impl Locator {
                 _ => {}
             }
         }
-        Locator { positions, values }
+        Locator {
+            positions,
+            values,
+            scalars,
+        }
+    }
+
+    /// The path of the one scalar under `parent` written as `value`, if exactly one is: how an
+    /// error that only quotes the value it refused finds its field.
+    pub fn scalar_under(&self, parent: &str, value: &str) -> Option<&str> {
+        let mut found = self.scalars.iter().filter(|(path, v)| {
+            v == value
+                && path
+                    .strip_prefix(parent)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        });
+        let (path, _) = found.next()?;
+        found.next().is_none().then_some(path.as_str())
     }
 
     /// Where the value of exactly `path` starts, if it is written down.

@@ -24,6 +24,14 @@ pub(super) fn deserialize(
     });
     result.map_err(|e| {
         let message = clean_message(&e);
+        // A value refused inside a source's kind-specific (flattened) fields is reported at
+        // the source; the value it quotes finds the field.
+        if is_source_item(&field_path)
+            && let Some(path) =
+                refused_value(&message).and_then(|v| locator.scalar_under(&field_path, v))
+        {
+            field_path = path.to_owned();
+        }
         // serde-saphyr knows where the parser stopped; errors raised inside flattened or
         // tagged content only know their field path, which the locator turns into a position.
         let unknown = unknown_field_name(&message)
@@ -103,6 +111,20 @@ fn is_source_item(path: &str) -> bool {
     path.strip_prefix("sources[")
         .and_then(|r| r.strip_suffix(']'))
         .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
+/// The value an error message says it refused: ``found `X` `` (ours), or what follows
+/// serde's `invalid type:` / `invalid value:` (``integer `1` ``, `string "x"`).
+fn refused_value(message: &str) -> Option<&str> {
+    if let Some((_, rest)) = message.split_once("found `") {
+        return rest.split('`').next();
+    }
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let open = rest.find(['`', '"'])?;
+    let quote = rest[open..].chars().next()?;
+    rest[open + 1..].split(quote).next()
 }
 
 fn unknown_field_name(message: &str) -> Option<&str> {

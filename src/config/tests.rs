@@ -62,6 +62,25 @@ fn error_table() {
     let src = |extra: &str| format!("sources:\n{GOOD_SOURCE}{extra}");
     let with = |from: &str, to: &str| format!("sources:\n{}", GOOD_SOURCE.replace(from, to));
     let cases: Vec<(String, &str, (usize, usize), &str)> = vec![
+        // Values refused inside a kind's own (flattened) fields name their field.
+        (
+            "sources:\n  - name: k\n    kind: kubernetes_token\n    service_account: x\n    expiration: 5 fortnights\n    sinks: [ { file: { path: k } } ]\n".into(),
+            "sources[0].expiration",
+            (5, 17),
+            "found `5 fortnights`",
+        ),
+        (
+            "sources:\n  - name: m\n    kind: mindsphere\n    client_id: { env: I }\n    client_secret: { env: S }\n    app_name: a\n    app_version: 1\n    host_tenant: h\n    user_tenant: u\n    sinks: [ { file: { path: m } } ]\n".into(),
+            "sources[0].app_version",
+            (7, 18),
+            "invalid type: integer `1`, expected a string",
+        ),
+        (
+            "sources:\n  - name: m\n    kind: mindsphere\n    client_id: { env: I }\n    client_secret: { env: S }\n    app_name: a\n    app_version: '1'\n    host_tenant: h\n    user_tenants: [a, b]\n    batch_size: lots\n    sinks: [ { file: { path: m } } ]\n".into(),
+            "sources[0].batch_size",
+            (10, 17),
+            "invalid type: string \"lots\"",
+        ),
         (
             src("    notify:\n      - signal: { name: HUP }\n"),
             "sources[0].notify[0].signal",

@@ -6,6 +6,7 @@ pub mod api_portal;
 pub mod kube_api;
 pub mod kubelet;
 pub mod mindsphere;
+pub mod pki;
 pub mod process;
 #[path = "../../src/skipped.rs"]
 pub mod skipped;

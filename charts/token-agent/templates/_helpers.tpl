@@ -1,0 +1,121 @@
+{{/* Names and labels, as `helm create` makes them. */}}
+{{- define "token-agent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "token-agent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "token-agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "token-agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "token-agent.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "token-agent.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "token-agent.serviceAccountName" -}}
+{{- default (include "token-agent.fullname" .) .Values.serviceAccount.name }}
+{{- end }}
+
+{{- define "token-agent.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+{{- end }}
+
+{{/*
+The agent's config as the chart runs it: `.Values.config` plus what the chart decides, each
+only when the config does not set it — the metrics listener on `.Values.metrics.port`, and
+with more than one replica a Lease named after the release (leader election).
+*/}}
+{{- define "token-agent.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if not (hasKey $config "server") }}
+{{- $_ := set $config "server" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- end }}
+{{- if and (gt (int .Values.replicas) 1) (not (hasKey $config "leader_election")) }}
+{{- $_ := set $config "leader_election" (dict "enabled" true "lease" (include "token-agent.fullname" .)) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+What the agent may do in the Kubernetes API, derived from the config (Secret sinks,
+`kubernetes_token` sources, leader election) plus `.Values.rbac` for what the chart cannot see
+(an existingConfigMap). A YAML map:
+  secrets:  { <namespace>: { names: [...], anyName: bool } }
+  tokens:   { <namespace>: [serviceAccount, ...] }
+  leases:   { <namespace>: [lease, ...] }
+`anyName` is set when a Secret name is per tenant (`{tenant}`): resourceNames cannot pin it.
+*/}}
+{{- define "token-agent.apiNeeds" -}}
+{{- $ns := .Release.Namespace }}
+{{- $secrets := dict }}
+{{- $tokens := dict }}
+{{- $leases := dict }}
+{{- $config := include "token-agent.config" . | fromYaml }}
+{{- if not .Values.existingConfigMap }}
+{{- range $source := ($config.sources | default list) }}
+{{- range $sink := ($source.sinks | default list) }}
+{{- if and (kindIs "map" $sink) (hasKey $sink "secret") }}
+{{- $where := default $ns $sink.secret.namespace }}
+{{- $entry := get $secrets $where | default (dict "names" list "anyName" false) }}
+{{- if contains "{" $sink.secret.name }}
+{{- $_ := set $entry "anyName" true }}
+{{- else }}
+{{- $_ := set $entry "names" (append $entry.names $sink.secret.name | uniq) }}
+{{- end }}
+{{- $_ := set $secrets $where $entry }}
+{{- end }}
+{{- end }}
+{{- if eq (toString $source.kind) "kubernetes_token" }}
+{{- $where := default $ns $source.namespace }}
+{{- $_ := set $tokens $where (append (get $tokens $where | default list) $source.service_account | uniq) }}
+{{- end }}
+{{- end }}
+{{- with $config.leader_election }}
+{{- if .enabled }}
+{{- $where := default $ns .namespace }}
+{{- $_ := set $leases $where (list (default "token-agent" .lease)) }}
+{{- end }}
+{{- end }}
+{{- else if gt (int .Values.replicas) 1 }}
+{{- /* --leader-elect with the config's own Lease settings: the default name, unless listed in rbac.leases. */}}
+{{- if not .Values.rbac.leases }}
+{{- $_ := set $leases $ns (list "token-agent") }}
+{{- end }}
+{{- end }}
+{{- range .Values.rbac.secrets }}
+{{- $where := default $ns .namespace }}
+{{- $entry := get $secrets $where | default (dict "names" list "anyName" false) }}
+{{- $_ := set $entry "names" (concat $entry.names (.names | default list) | uniq) }}
+{{- if .anyName }}{{ $_ := set $entry "anyName" true }}{{ end }}
+{{- $_ := set $secrets $where $entry }}
+{{- end }}
+{{- range .Values.rbac.serviceAccountTokens }}
+{{- $where := default $ns .namespace }}
+{{- $_ := set $tokens $where (concat (get $tokens $where | default list) .names | uniq) }}
+{{- end }}
+{{- range .Values.rbac.leases }}
+{{- $where := default $ns .namespace }}
+{{- $_ := set $leases $where (concat (get $leases $where | default list) .names | uniq) }}
+{{- end }}
+{{- toYaml (dict "secrets" $secrets "tokens" $tokens "leases" $leases) }}
+{{- end }}
