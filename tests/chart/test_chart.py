@@ -269,6 +269,20 @@ class Chart(unittest.TestCase):
                     render({key: value})
                 self.assertIn(key.rstrip("s") if key == "replica" else key, str(raised.exception))
 
+    def test_a_config_the_probes_cannot_reach_is_refused(self):
+        base = load(os.path.join(CHART, "values.yaml"))["config"]
+        for server, why in [
+            ({"enabled": False}, "config.server.enabled: false"),
+            ({"listen": "0.0.0.0:8080"}, "config.server.listen 0.0.0.0:8080 does not use metrics.port 9090"),
+            ({"listen": "127.0.0.1:9090"}, "config.server.listen 127.0.0.1:9090 is loopback"),
+        ]:
+            with self.subTest(server=server):
+                with self.assertRaises(Exception) as raised:
+                    render({"config": dict(base, server=server)})
+                self.assertIn(why, str(raised.exception))
+        objs = objects({"config": dict(base, server={"listen": "[::]:9191"}), "metrics": {"port": 9191}})
+        self.assertEqual(one(objs, "Service")["spec"]["ports"][0]["port"], 9191)
+
     def test_an_invalid_agent_config_in_values_is_caught_by_validate(self):
         values = copy.deepcopy(load(os.path.join(CHART, "values.yaml")))
         values["config"]["sources"][0]["expiration"] = "5 fortnights"

@@ -47,6 +47,17 @@ with more than one replica a Lease named after the release (leader election).
 */}}
 {{- define "token-agent.config" -}}
 {{- $config := deepCopy .Values.config }}
+{{- with $config.server }}
+{{- if eq (toString .enabled) "false" }}
+{{- fail "config.server.enabled: false leaves the probes nothing to ask; the chart needs /readyz and /healthz" }}
+{{- end }}
+{{- if and .listen (not (hasSuffix (printf ":%d" (int $.Values.metrics.port)) (toString .listen))) }}
+{{- fail (printf "config.server.listen %s does not use metrics.port %d, which the probes and the Service use" (toString .listen) (int $.Values.metrics.port)) }}
+{{- end }}
+{{- if and .listen (regexMatch "^(127\\.|localhost|\\[::1\\])" (toString .listen)) }}
+{{- fail (printf "config.server.listen %s is loopback: the kubelet probes the pod IP" (toString .listen)) }}
+{{- end }}
+{{- end }}
 {{- if not (hasKey $config "server") }}
 {{- $_ := set $config "server" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
 {{- end }}
