@@ -16,6 +16,7 @@ pub mod de;
 pub mod dev;
 pub mod error;
 pub mod http;
+pub mod inject;
 pub mod k8s;
 pub mod kind;
 pub mod leader;
