@@ -37,6 +37,7 @@ pub mod telemetry;
 pub mod template;
 pub mod token;
 pub mod watch;
+pub mod webhook;
 
 /// Installs the single TLS crypto provider (ring) used by every HTTP client in the process.
 ///

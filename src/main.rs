@@ -64,6 +64,9 @@ enum Command {
         #[arg(long, short, env = "TOKEN_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// The injector: a mutating admission webhook that adds token-agent to pods labelled
+    /// `token-agent.io/inject: "true"` (docs/injection.md).
+    Webhook(Box<WebhookArgs>),
     /// Demo: an embedded issuer on 127.0.0.1 and tokens rotating every ~25 s in ./tokens.
     Dev {
         /// Where the demo tokens are written.
@@ -76,6 +79,60 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
     },
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// HTTPS: `POST /mutate`, `/healthz`, `/readyz`.
+    #[arg(
+        long,
+        env = "TOKEN_AGENT_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    listen: SocketAddr,
+    /// Plain HTTP: `/metrics`, `/healthz`, `/readyz`.
+    #[arg(
+        long,
+        env = "TOKEN_AGENT_WEBHOOK_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_listen: SocketAddr,
+    /// Directory holding `tls.crt` and `tls.key` (a Secret volume); reloaded when it changes.
+    #[arg(
+        long,
+        env = "TOKEN_AGENT_WEBHOOK_TLS_DIR",
+        default_value = "/etc/token-agent-webhook/tls"
+    )]
+    tls_dir: PathBuf,
+    /// The image injected as the agent (a pod's `token-agent.io/image` overrides it).
+    #[arg(long, env = "TOKEN_AGENT_AGENT_IMAGE")]
+    agent_image: String,
+    #[arg(long, env = "TOKEN_AGENT_AGENT_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    agent_pull_policy: String,
+    /// The webhook's own namespace: its pods, like kube-system's, are never injected.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Make and renew the CA and serving certificate, keep them in `--tls-secret`, and keep
+    /// the caBundle of `--webhook-config` current (one replica at a time, by `--lease`).
+    #[arg(long, env = "TOKEN_AGENT_WEBHOOK_SELF_MANAGED_TLS", requires_all = ["tls_secret", "webhook_config", "service", "lease"])]
+    self_managed_tls: bool,
+    #[arg(long, env = "TOKEN_AGENT_WEBHOOK_TLS_SECRET")]
+    tls_secret: Option<String>,
+    #[arg(long, env = "TOKEN_AGENT_WEBHOOK_CONFIG")]
+    webhook_config: Option<String>,
+    #[arg(long, env = "TOKEN_AGENT_WEBHOOK_SERVICE")]
+    service: Option<String>,
+    #[arg(long, env = "TOKEN_AGENT_WEBHOOK_LEASE")]
+    lease: Option<String>,
+    /// Lifetime of the serving certificate; renewed with a third left.
+    #[arg(long, default_value = "168h", value_parser = humantime::parse_duration)]
+    cert_validity: Duration,
+    /// Lifetime of the CA; renewed with a third left, the old one trusted until it expires.
+    #[arg(long, default_value = "87600h", value_parser = humantime::parse_duration)]
+    ca_validity: Duration,
+    /// How often the leader checks the certificate, the Secret and the caBundle.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    check_every: Duration,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +182,7 @@ fn main() -> ExitCode {
                 Ok(c) => revoke(c, &source).await,
                 Err(code) => Ok(code),
             },
+            Command::Webhook(args) => webhook(*args).await,
             Command::Dev {
                 dir,
                 listen,
@@ -308,6 +366,48 @@ async fn revoke(config: Config, source: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn webhook(args: WebhookArgs) -> anyhow::Result<ExitCode> {
+    use token_agent::inject::{InjectorDefaults, Policy};
+    use token_agent::webhook::{self, WebhookOptions, self_managed::SelfManagedTls};
+    let self_managed = match (
+        args.self_managed_tls,
+        args.tls_secret,
+        args.webhook_config,
+        args.service,
+        args.lease,
+    ) {
+        (true, Some(secret), Some(webhook_config), Some(service), Some(lease)) => {
+            Some(SelfManagedTls {
+                namespace: args.namespace.clone(),
+                secret,
+                webhook_config,
+                service,
+                lease,
+                cert_validity: args.cert_validity,
+                ca_validity: args.ca_validity,
+                check_every: args.check_every,
+            })
+        }
+        _ => None,
+    };
+    let options = WebhookOptions {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        tls_dir: args.tls_dir,
+        policy: Policy {
+            defaults: InjectorDefaults {
+                image: args.agent_image,
+                pull_policy: args.agent_pull_policy,
+            },
+            excluded_namespaces: vec!["kube-system".into(), args.namespace],
+        },
+        self_managed,
+    };
+    webhook::run(options, Default::default(), shutdown_on_signal()).await?;
+    info!("webhook stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<ExitCode> {

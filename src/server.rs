@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz`. Nothing served here can contain a token: metrics
 //! carry only bounded labels and `/readyz` only names, times and reasons.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use axum::{Json, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::observability::Observability;
@@ -81,19 +83,58 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Grace period for open connections after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How connections are served: the agent's probe and metrics server takes one request per
+/// connection; the webhook keeps connections alive for the API server, which reuses them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub keep_alive: bool,
+}
+
+/// The agent's `/metrics`, `/healthz` and `/readyz`.
+pub const PROBE_LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    keep_alive: false,
+};
+
 /// Serves until `shutdown` turns true, then waits for open connections to finish: HTTP/1.1, one
 /// request per connection, each bounded by [`HEADER_READ_TIMEOUT`], [`MAX_REQUEST_HEAD`] and
 /// [`CONNECTION_LIMIT`], at most [`MAX_CONNECTIONS`] at once.
-///
-/// hyper's own connection builder rather than `axum::serve`, which sets no timer and so no
-/// header-read timeout, and has no connection cap.
 pub async fn serve(
     listener: TcpListener,
     view: Arc<Observability>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let service = TowerToHyperService::new(router(view));
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_router(
+        listener,
+        router(view),
+        PROBE_LIMITS,
+        |tcp| std::future::ready(Ok(tcp)),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `router` on the streams `accept` makes of each TCP connection (TLS, or the TCP
+/// stream itself), within `limits`; the handshake counts against [`HEADER_READ_TIMEOUT`].
+/// Until `shutdown`, then open connections finish their request within [`SHUTDOWN_GRACE`].
+///
+/// hyper's own connection builder rather than `axum::serve`, which sets no timer and so no
+/// header-read timeout, and has no connection cap.
+pub async fn serve_router<A, F, S>(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    accept: A,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    A: Fn(TcpStream) -> F + Clone + Send + 'static,
+    F: Future<Output = std::io::Result<S>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -102,7 +143,7 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let stream = tokio::select! {
+        let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -114,30 +155,40 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let (service, mut stop) = (service.clone(), shutdown.clone());
+        let (service, mut stop, accept) = (service.clone(), shutdown.clone(), accept.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            // One request per connection: probes and scrapes gain nothing from keep-alive, and
-            // a client cannot hold a slot between its requests.
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection refused during its handshake");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // Without keep-alive (probes, scrapes) a client cannot hold a slot between its
+            // requests.
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_REQUEST_HEAD)
-                .keep_alive(false)
+                .keep_alive(limits.keep_alive)
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => {}
+                _ = connection.as_mut() => return,
                 _ = tokio::time::sleep(CONNECTION_LIMIT) => {}
-                _ = stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
-                }
+                _ = stopped(&mut stop) => {}
             }
+            // The request in flight, if any, is answered; then the connection closes.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
         });
     }
     // Until every open connection is done (each within its own grace).
-    let _ = permits.acquire_many(MAX_CONNECTIONS as u32).await;
+    let _ = permits
+        .acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX))
+        .await;
     Ok(())
 }
 
