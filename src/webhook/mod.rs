@@ -98,7 +98,11 @@ pub async fn run(
         .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    info!(listen = %options.listen, metrics = %options.metrics_listen, "webhook serving /mutate");
+    let bound = |l: &TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    };
+    info!(https = %bound(&tls_listener), metrics = %bound(&plain_listener), "webhook serving /mutate");
     let https = server::serve_router(
         tls_listener,
         routes::tls(state.clone()),

@@ -82,9 +82,11 @@ pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+/// Certificates start this much before they are made, for clocks behind ours.
+const BACKDATE: Duration = Duration::from_secs(60);
+
 fn validity(params: &mut CertificateParams, now: SystemTime, lifetime: Duration) {
-    // A minute of slack for clocks behind ours.
-    let start = now - Duration::from_secs(60);
+    let start = now - BACKDATE;
     params.not_before = start.into();
     params.not_after = (now + lifetime).into();
 }
@@ -140,9 +142,13 @@ impl Lifetime {
         })
     }
 
-    /// Less than a third of its lifetime left (or already expired).
+    /// Less than a third of its lifetime left (or already expired). The lifetime counts from
+    /// when it was made, not from its backdated start.
     fn due(&self, now: i64) -> bool {
-        let span = self.not_after.saturating_sub(self.not_before);
+        let made = self
+            .not_before
+            .saturating_add(BACKDATE.as_secs().cast_signed());
+        let span = self.not_after.saturating_sub(made);
         now >= self.not_after.saturating_sub(span / 3)
     }
 
@@ -424,5 +430,135 @@ impl SelfManagedTls {
         .await?;
         info!(webhook_config = %self.webhook_config, "caBundle published");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls() -> SelfManagedTls {
+        SelfManagedTls {
+            namespace: "token-agent".into(),
+            secret: "injector-tls".into(),
+            webhook_config: "injector".into(),
+            service: "injector".into(),
+            lease: "injector".into(),
+            cert_validity: Duration::from_secs(3 * 3600),
+            ca_validity: Duration::from_secs(30 * 3600),
+            check_every: Duration::from_secs(60),
+        }
+    }
+
+    fn names() -> Vec<String> {
+        dns_names("injector", "token-agent")
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn nothing_stored_makes_a_ca_and_a_leaf_it_signed_for_the_service_names() {
+        let now = SystemTime::now();
+        let m = plan(None, &names(), now, &tls()).unwrap().unwrap();
+        let bundle = certs(&m.ca_bundle);
+        assert_eq!(bundle.len(), 1);
+        assert!(ca_key_matches(&bundle[0], &m.ca_key));
+        assert!(leaf_fits(&certs(&m.cert)[0], &bundle[0], &names()));
+        assert!(ServingPair::from_pem(m.cert.as_bytes(), m.key.as_bytes()).is_ok());
+        // Good material is kept as it is, for as long as two thirds of the leaf's life.
+        assert_eq!(plan(Some(&m), &names(), now, &tls()).unwrap(), None);
+        assert_eq!(
+            plan(Some(&m), &names(), now + HOUR + HOUR / 2, &tls()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_leaf_with_a_third_left_is_renewed_by_the_same_ca() {
+        let now = SystemTime::now();
+        let m = plan(None, &names(), now, &tls()).unwrap().unwrap();
+        let later = now + 2 * HOUR + Duration::from_secs(60);
+        let next = plan(Some(&m), &names(), later, &tls()).unwrap().unwrap();
+        assert_eq!(next.ca_bundle, m.ca_bundle, "the caBundle must not churn");
+        assert_eq!(next.ca_key, m.ca_key);
+        assert_ne!(next.cert, m.cert);
+        assert!(leaf_fits(
+            &certs(&next.cert)[0],
+            &certs(&m.ca_bundle)[0],
+            &names()
+        ));
+    }
+
+    #[test]
+    fn a_ca_with_a_third_left_is_replaced_and_trusted_beside_the_old_one_until_it_expires() {
+        let now = SystemTime::now();
+        let m = plan(None, &names(), now, &tls()).unwrap().unwrap();
+        let later = now + 21 * HOUR;
+        let next = plan(Some(&m), &names(), later, &tls()).unwrap().unwrap();
+        let bundle = certs(&next.ca_bundle);
+        assert_eq!(bundle.len(), 2);
+        assert_eq!(pem_of(&bundle[1]), m.ca_bundle, "the old CA stays trusted");
+        assert!(leaf_fits(&certs(&next.cert)[0], &bundle[0], &names()));
+        // Once the old CA expired it leaves the bundle.
+        let much_later = now + 31 * HOUR;
+        let after = plan(Some(&next), &names(), much_later, &tls())
+            .unwrap()
+            .unwrap();
+        assert_eq!(certs(&after.ca_bundle).len(), 1);
+        assert_eq!(pem_of(&certs(&after.ca_bundle)[0]), pem_of(&bundle[0]));
+    }
+
+    #[test]
+    fn unusable_material_is_replaced_whole() {
+        let now = SystemTime::now();
+        let m = plan(None, &names(), now, &tls()).unwrap().unwrap();
+        let other = plan(None, &names(), now, &tls()).unwrap().unwrap();
+        let broken = [
+            Material {
+                key: other.key.clone(),
+                ..m.clone()
+            },
+            Material {
+                ca_key: other.ca_key.clone(),
+                ..m.clone()
+            },
+            Material {
+                cert: "garbage".into(),
+                ..m.clone()
+            },
+            Material {
+                ca_bundle: String::new(),
+                ..m.clone()
+            },
+        ];
+        for (i, b) in broken.iter().enumerate() {
+            let next = plan(Some(b), &names(), now, &tls()).unwrap().unwrap();
+            assert_ne!(next.ca_bundle, m.ca_bundle, "case {i}: a new CA");
+            assert!(ServingPair::from_pem(next.cert.as_bytes(), next.key.as_bytes()).is_ok());
+        }
+        // A leaf for other names (the Service was renamed) is reissued by the same CA.
+        let renamed = dns_names("renamed", "token-agent");
+        let next = plan(Some(&m), &renamed, now, &tls()).unwrap().unwrap();
+        assert_eq!(next.ca_bundle, m.ca_bundle);
+        assert!(leaf_fits(
+            &certs(&next.cert)[0],
+            &certs(&m.ca_bundle)[0],
+            &renamed
+        ));
+        // A leaf another CA signed is reissued.
+        let foreign = Material {
+            cert: other.cert.clone(),
+            key: other.key.clone(),
+            ..m.clone()
+        };
+        let next = plan(Some(&foreign), &names(), now, &tls())
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.ca_bundle, m.ca_bundle);
+        assert!(leaf_fits(
+            &certs(&next.cert)[0],
+            &certs(&m.ca_bundle)[0],
+            &names()
+        ));
     }
 }

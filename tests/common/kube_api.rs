@@ -89,6 +89,10 @@ impl KubeApi {
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 any(lease),
             )
+            .route(
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+                any(webhook_config),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -105,6 +109,16 @@ impl KubeApi {
         );
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// Stores `object` as the test's setup (a chart would have created it).
+    pub fn put(&self, kind: &str, ns: &str, name: &str, mut object: Value) {
+        stamp(&mut object, None, self.next_version());
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .insert((kind.into(), ns.into(), name.into()), object);
     }
 
     pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
@@ -490,6 +504,76 @@ async fn lease(
             "MethodNotAllowed",
             "method not allowed".into(),
             "leases",
+            &name,
+        ),
+    }
+}
+
+/// A cluster-scoped MutatingWebhookConfiguration: GET, and PATCH with
+/// `application/json-patch+json` (RFC 6902, `test` operations included, so a stale
+/// resourceVersion in a `test` fails with 422 as on a real server).
+async fn webhook_config(
+    State(api): State<KubeApi>,
+    method: Method,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let path =
+        format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}");
+    if !api.authorized(&headers, &method, &path, &BTreeMap::new()) {
+        return unauthorized();
+    }
+    let kind = "mutatingwebhookconfigurations.admissionregistration.k8s.io";
+    let Some(current) = api.get("MutatingWebhookConfiguration", "", &name) else {
+        return not_found(kind, &name);
+    };
+    match method {
+        Method::GET => Json(current).into_response(),
+        Method::PATCH => {
+            if headers.get("content-type").and_then(|v| v.to_str().ok())
+                != Some("application/json-patch+json")
+            {
+                let message = "the body of the request was in an unknown format".into();
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    message,
+                    kind,
+                    &name,
+                );
+            }
+            let Ok(patch) = serde_json::from_slice::<json_patch::Patch>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "error decoding patch".into(),
+                    kind,
+                    &name,
+                );
+            };
+            let mut object = current.clone();
+            if let Err(e) = json_patch::patch(&mut object, &patch) {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                    kind,
+                    &name,
+                );
+            }
+            stamp(&mut object, Some(&current), api.next_version());
+            api.store.lock().unwrap().objects.insert(
+                ("MutatingWebhookConfiguration".into(), String::new(), name),
+                object.clone(),
+            );
+            Json(object).into_response()
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            kind,
             &name,
         ),
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api_portal;
+pub mod docker;
 pub mod kube_api;
 pub mod kubelet;
 pub mod mindsphere;
