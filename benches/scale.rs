@@ -4,7 +4,7 @@
 //!
 //! Environment: `BENCH_SOURCES` (default "10,1000,10000"), `BENCH_IDLE_SECS` (default 60),
 //! `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5), `BENCH_ONLY` (sections:
-//! scale,sustain,idle,start), `BENCH_BIN` (another build of the binary, e.g. static musl).
+//! scale,sustain,idle,admission,start), `BENCH_ADMISSION_SECS` (default 10), `BENCH_BIN` (another build of the binary, e.g. static musl).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -175,7 +175,8 @@ fn wrk(addr: SocketAddr, connections: usize, secs: u64) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `BENCH_ONLY=sustain,idle` runs only those sections (scale, sustain, idle, start).
+/// `BENCH_ONLY=sustain,idle` runs only those sections (scale, sustain, idle, admission,
+/// start).
 fn wants(section: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
@@ -308,7 +309,13 @@ async fn main() {
         );
     }
 
-    // 4. Start-up: process start to first token file, median of `starts` runs.
+    // 4. The injector: admission latency at a steady 200 reviews/s over kept-alive TLS
+    //    connections (as the API server sends them), and the webhook's memory.
+    if wants("admission") {
+        admission(env_or("BENCH_ADMISSION_SECS", 10)).await;
+    }
+
+    // 5. Start-up: process start to first token file, median of `starts` runs.
     if !wants("start") {
         return;
     }
@@ -330,5 +337,167 @@ async fn main() {
         samples[samples.len() / 2],
         samples[0],
         samples[samples.len() - 1]
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `stream`.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// `token-agent webhook` with a fresh certificate, loaded with the `one-container` golden
+/// case at 200 reviews/s for `secs`. Latency counts from each request's write (tokio's timer
+/// wakes up to 1 ms after a scheduled time, which is the load generator's lateness, not the
+/// webhook's); a stall would still show, as a request cannot be written before the previous
+/// answer on its connection arrived.
+async fn admission(secs: u64) {
+    token_agent::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let name = "token-agent-injector.token-agent.svc";
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    let (https, metrics) = (free_port(), free_port());
+    let child = Command::new(bin())
+        .args([
+            "webhook",
+            "--agent-image",
+            "token-agent:bench",
+            "--namespace",
+            "token-agent",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{https}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--tls-dir", dir.path().to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ready = format!("http://127.0.0.1:{metrics}/readyz");
+    let started = Instant::now();
+    while reqwest::get(&ready)
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "webhook never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let case: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/inject/cases/one-container.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "bench",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "namespace": "apps",
+            "operation": "CREATE",
+            "object": case["pod"],
+        }
+    }))
+    .unwrap();
+    let request = [
+        format!("POST /mutate HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes(),
+        body,
+    ]
+    .concat();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+
+    const RATE: u64 = 200;
+    const CONNECTIONS: u64 = 4;
+    let total = RATE * secs;
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (tls, request) = (tls.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
+                .await
+                .unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server, tcp)
+                .await
+                .unwrap();
+            let mut latencies = Vec::new();
+            let mut buf = Vec::new();
+            let mut i = c;
+            while i < total {
+                let due = t0 + Duration::from_micros(i * 1_000_000 / RATE);
+                tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
+                stream.write_all(&request).await.unwrap();
+                read_response(&mut stream, &mut buf).await;
+                assert!(
+                    buf.starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&buf)
+                );
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                i += CONNECTIONS;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    stop(child);
+    println!(
+        "\nadmission ({} reviews at {RATE}/s over {CONNECTIONS} TLS connections, typical pod): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; webhook RSS {:.1} MiB (peak {:.1} MiB)",
+        all.len(),
+        at(0.50),
+        at(0.99),
+        all[all.len() - 1],
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
     );
 }

@@ -155,6 +155,9 @@ where
             },
             _ = stopped(&mut shutdown) => break,
         };
+        // Responses are written whole: Nagle's algorithm would only hold the last segment
+        // back for the client's delayed ACK (~40 ms on a kept-alive connection).
+        let _ = tcp.set_nodelay(true);
         let (service, mut stop, accept) = (service.clone(), shutdown.clone(), accept.clone());
         tokio::spawn(async move {
             let _permit = permit;
