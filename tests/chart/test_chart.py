@@ -25,10 +25,16 @@ CHART = os.path.join(ROOT, "charts", "token-agent")
 BIN = os.environ.get("TOKEN_AGENT_BIN", os.path.join(ROOT, "target", "debug", "token-agent"))
 # The oldest Kubernetes with native sidecars on by default, and a current one.
 KUBERNETES = ["1.29.0", "1.33.0"]
-# prometheus-operator kinds: no official schema in kubernetes-validate, and the CRDs' published
-# schemas are not vendored here. Skipped by name; the PrometheusRule's rules are the ones
-# promtool checks and unit-tests (deploy/alerts.yaml), and the tests below pin their fields.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# prometheus-operator and cert-manager kinds: no official schema in kubernetes-validate, and the
+# CRDs' published schemas are not vendored here. Skipped by name; the PrometheusRule's rules are
+# the ones promtool checks and unit-tests (deploy/alerts.yaml), and the tests below pin the
+# fields of every one of these objects.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 NAMESPACE = "token-agent"
 
 
@@ -68,10 +74,10 @@ def load(path):
         return yaml.safe_load(f)
 
 
-def render(values, name="token-agent"):
+def render(values, name="token-agent", namespace=NAMESPACE):
     """{template: [objects]} for `values`, as `helm template` would render them."""
     chart = helm.Chart.load(CHART)
-    out = chart.render(values, name=name, namespace=NAMESPACE)
+    out = chart.render(values, name=name, namespace=namespace)
     return {
         path: [d for d in yaml.safe_load_all(text) if d]
         for path, text in out.items()
@@ -79,8 +85,8 @@ def render(values, name="token-agent"):
     }
 
 
-def objects(values, name="token-agent"):
-    return [o for docs in render(values, name).values() for o in docs]
+def objects(values, name="token-agent", namespace=NAMESPACE):
+    return [o for docs in render(values, name, namespace).values() for o in docs]
 
 
 def one(objs, kind, name=None):
@@ -91,6 +97,50 @@ def one(objs, kind, name=None):
 
 def rules_by_namespace(objs):
     return {o["metadata"]["namespace"]: o["rules"] for o in objs if o["kind"] == "Role"}
+
+
+def selects(selector, labels):
+    """Whether a label selector (a Service's plain map, or matchLabels/matchExpressions) selects `labels`."""
+    if "matchLabels" not in selector and "matchExpressions" not in selector:
+        selector = {"matchLabels": selector}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        present, value = e["key"] in labels, labels.get(e["key"])
+        if not {"In": present and value in e.get("values", []),
+                "NotIn": not present or value not in e.get("values", []),
+                "Exists": present, "DoesNotExist": not present}[e["operator"]]:
+            return False
+    return True
+
+
+def pod_selectors(objs):
+    """(what, selector) for every object that picks pods by label."""
+    for o in objs:
+        where = f"{o['kind']}/{o['metadata']['name']}"
+        if o["kind"] == "Deployment":
+            yield where, o["spec"]["selector"]
+            for term in o["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {}).get(
+                    "preferredDuringSchedulingIgnoredDuringExecution", []):
+                yield where + " anti-affinity", term["podAffinityTerm"]["labelSelector"]
+        elif o["kind"] == "Service":
+            yield where, o["spec"]["selector"]
+        elif o["kind"] == "PodDisruptionBudget":
+            yield where, o["spec"]["selector"]
+        elif o["kind"] == "NetworkPolicy":
+            yield where, o["spec"]["podSelector"]
+        elif o["kind"] == "ServiceMonitor":
+            pass  # selects Services, not pods
+
+
+def flags(container):
+    """`--name=value` args as {name: value}; a bare `--name` maps to True."""
+    out = {}
+    for arg in container["args"]:
+        if arg.startswith("--"):
+            key, _, value = arg[2:].partition("=")
+            out[key] = value if _ else True
+    return out
 
 
 def kube_validate(obj, where):
@@ -123,24 +173,46 @@ class Chart(unittest.TestCase):
         require(("pyyaml", yaml), ("helm-python-sdk", helm), ("kubernetes-validate", kubernetes_validate))
 
     def test_lint_finds_nothing_above_info(self):
-        result = helm.lint(CHART)
-        self.assertEqual(result["errors"], [])
-        serious = [m for m in result["messages"] if m["severity"] > 1]
-        self.assertEqual(serious, [], "helm lint")
+        for where, values in [("default values", None)] + [(os.path.basename(p), load(p)) for p in values_files()]:
+            with self.subTest(values=where):
+                result = helm.lint(CHART, values, namespace=NAMESPACE)
+                self.assertEqual(result["errors"], [])
+                serious = [m for m in result["messages"] if m["severity"] > 1]
+                self.assertEqual(serious, [], "helm lint")
 
     def test_every_rendering_is_valid_for_kubernetes_and_the_agent(self):
         cases = [("default values", {})] + [(os.path.basename(p), load(p)) for p in values_files()]
         self.assertGreaterEqual(len(cases), 4)
+        self.assertIn("injector-self-managed-values.yaml", [w for w, _ in cases])
+        self.assertIn("injector-cert-manager-values.yaml", [w for w, _ in cases])
         for where, values in cases:
             with self.subTest(values=where):
                 objs = objects(values)
                 for obj in objs:
                     kube_validate(obj, where)
-                    self.assertNotIn(obj["kind"], ("ClusterRole", "ClusterRoleBinding"), where)
                 for cm in (o for o in objs if o["kind"] == "ConfigMap"):
                     code, out = agent_validate(cm["data"]["config.yaml"], where)
                     self.assertEqual(code, 0, out)
-                self.assert_restricted(one(objs, "Deployment"), where)
+                # The only cluster-scoped RBAC: the injector's, for its own webhook configuration,
+                # in self-managed TLS mode.
+                injector = values.get("injector", {})
+                self_managed = injector.get("enabled") and injector.get("tls", {}).get("mode", "self-managed") == "self-managed"
+                cluster_rbac = sorted((o["kind"], o["metadata"]["name"]) for o in objs
+                                      if o["kind"] in ("ClusterRole", "ClusterRoleBinding"))
+                self.assertEqual(cluster_rbac, [("ClusterRole", "token-agent-injector"),
+                                                ("ClusterRoleBinding", "token-agent-injector")] if self_managed else [], where)
+                deployments = [o for o in objs if o["kind"] == "Deployment"]
+                self.assertEqual(sorted(d["metadata"]["name"] for d in deployments),
+                                 ([values.get("fullnameOverride") or "token-agent"] if values.get("standalone", True) else [])
+                                 + (["token-agent-injector"] if injector.get("enabled") else []), where)
+                for deployment in deployments:
+                    self.assert_restricted(deployment, where)
+                # Every pod selector takes in the pods of exactly one Deployment: the agent's
+                # selectors never pick the injector's pods, nor the other way round.
+                for what, selector in pod_selectors(objs):
+                    chosen = [d["metadata"]["name"] for d in deployments
+                              if selects(selector, d["spec"]["template"]["metadata"]["labels"])]
+                    self.assertEqual(len(chosen), 1, f"{where}: {what} selects the pods of {chosen}")
 
     def assert_restricted(self, deployment, where):
         """Pod Security Standard "restricted", field by field."""
@@ -153,7 +225,8 @@ class Chart(unittest.TestCase):
             self.assertIs(sc["readOnlyRootFilesystem"], True, where)
             self.assertEqual(sc["capabilities"], {"drop": ["ALL"]}, where)
             self.assertIn("limits", c["resources"], where)
-            self.assertEqual(c["startupProbe"]["httpGet"]["path"], "/readyz")
+            if c["name"] == "token-agent":
+                self.assertEqual(c["startupProbe"]["httpGet"]["path"], "/readyz")
             self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
             self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
 
@@ -296,6 +369,273 @@ class Chart(unittest.TestCase):
     def test_the_chart_alerts_are_deploy_alerts(self):
         with open(os.path.join(CHART, "files", "alerts.yaml")) as a, open(os.path.join(ROOT, "deploy", "alerts.yaml")) as b:
             self.assertEqual(a.read(), b.read(), "copy deploy/alerts.yaml to charts/token-agent/files/")
+
+
+INJECTOR = "token-agent-injector"
+INJECTOR_TLS_DIR = "/etc/token-agent-webhook/tls"
+
+
+class Injector(unittest.TestCase):
+    """The mutating admission webhook: its Deployment, Service, MutatingWebhookConfiguration,
+    TLS (self-managed or cert-manager) and RBAC, consistent with the flags the binary gets."""
+
+    @classmethod
+    def setUpClass(cls):
+        require(("pyyaml", yaml), ("helm-python-sdk", helm))
+
+    def ci(self, name, **changes):
+        values = load(os.path.join(CHART, "ci", f"injector-{name}-values.yaml"))
+        values.update(changes)
+        return values
+
+    def container(self, objs):
+        pod = one(objs, "Deployment", INJECTOR)["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        return pod, container
+
+    def webhook(self, objs):
+        mwc = one(objs, "MutatingWebhookConfiguration")
+        [hook] = mwc["webhooks"]
+        return mwc, hook
+
+    def test_off_by_default(self):
+        objs = objects({})
+        self.assertFalse([o for o in objs if INJECTOR in o["metadata"]["name"]])
+        self.assertFalse([o for o in objs if o["kind"] == "MutatingWebhookConfiguration"])
+
+    def test_self_managed_tls_names_the_same_objects_it_may_touch(self):
+        objs = objects(self.ci("self-managed"))
+        pod, container = self.container(objs)
+        args = flags(container)
+        mwc, hook = self.webhook(objs)
+        service = one(objs, "Service", INJECTOR)
+        role = one(objs, "Role", INJECTOR)
+        cluster_role = one(objs, "ClusterRole")
+        volume = {v["name"]: v for v in pod["volumes"]}["tls"]
+
+        self.assertEqual(container["args"][:2], ["--log-format=json", "webhook"])
+        self.assertIs(args["self-managed-tls"], True)
+        # The flags name the rendered objects, and the RBAC grants exactly those names.
+        self.assertEqual(args["webhook-config"], mwc["metadata"]["name"])
+        self.assertEqual(args["service"], service["metadata"]["name"])
+        self.assertEqual(hook["clientConfig"]["service"],
+                         {"name": args["service"], "namespace": NAMESPACE, "path": "/mutate", "port": 443})
+        self.assertEqual(args["tls-secret"], volume["secret"]["secretName"])
+        self.assertEqual(args["tls-secret"], INJECTOR + "-tls")
+        self.assertEqual(args["lease"], INJECTOR)
+        self.assertEqual(args["namespace"], "$(POD_NAMESPACE)")
+        env = {e["name"]: e for e in container["env"]}
+        self.assertEqual(env["POD_NAMESPACE"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.namespace"}})
+        self.assertEqual(env["POD_NAME"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.name"}})
+        self.assertEqual(args["cert-validity"], "72h")
+        self.assertEqual(args["ca-validity"], "87600h")
+        self.assertEqual(
+            args["agent-image"],
+            "registry.example.com/platform/token-agent@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        )
+        self.assertEqual(role["rules"], [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [args["tls-secret"]],
+             "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [args["lease"]],
+             "verbs": ["get", "update"]},
+        ])
+        self.assertEqual(role["metadata"]["namespace"], NAMESPACE)
+        self.assertEqual(cluster_role["metadata"]["name"], INJECTOR)
+        self.assertEqual(cluster_role["rules"], [
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [args["webhook-config"]], "verbs": ["get", "update", "patch"]},
+        ])
+        subject = [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NAMESPACE}]
+        self.assertEqual(pod["serviceAccountName"], one(objs, "ServiceAccount", INJECTOR)["metadata"]["name"])
+        binding = one(objs, "RoleBinding", INJECTOR)
+        self.assertEqual((binding["roleRef"]["kind"], binding["roleRef"]["name"], binding["subjects"]),
+                         ("Role", INJECTOR, subject))
+        binding = one(objs, "ClusterRoleBinding")
+        self.assertEqual((binding["roleRef"]["kind"], binding["roleRef"]["name"], binding["subjects"]),
+                         ("ClusterRole", cluster_role["metadata"]["name"], subject))
+        # The webhook patches the caBundle in: none rendered, no cert-manager annotation.
+        self.assertNotIn("caBundle", hook["clientConfig"])
+        self.assertNotIn("annotations", mwc["metadata"])
+        self.assertFalse([o for o in objs if o["apiVersion"].startswith("cert-manager.io/")])
+        # The token is mounted (the webhook calls the API); the Secret may not exist yet.
+        self.assertIs(pod["automountServiceAccountToken"], True)
+        self.assertIs(volume["secret"]["optional"], True)
+        self.assertEqual({i["key"] for i in volume["secret"]["items"]}, {"tls.crt", "tls.key"})  # never ca.key
+        self.assertEqual(container["volumeMounts"], [{"name": "tls", "mountPath": INJECTOR_TLS_DIR, "readOnly": True}])
+        self.assertEqual(args["tls-dir"], INJECTOR_TLS_DIR)
+
+    def test_the_webhook_configuration_and_its_service(self):
+        objs = objects(self.ci("self-managed"))
+        pod, container = self.container(objs)
+        mwc, hook = self.webhook(objs)
+        self.assertEqual(mwc["apiVersion"], "admissionregistration.k8s.io/v1")
+        self.assertEqual(hook["name"], "inject.token-agent.io")
+        self.assertEqual(hook["rules"], [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                          "resources": ["pods"], "scope": "Namespaced"}])
+        self.assertEqual(hook["objectSelector"], {"matchLabels": {"token-agent.io/inject": "true"}})
+        for key, value in {"failurePolicy": "Fail", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+                           "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                           "matchPolicy": "Equivalent"}.items():
+            self.assertEqual(hook[key], value, key)
+        ports = {p["name"]: p for p in container["ports"]}
+        self.assertEqual((ports["https"]["containerPort"], ports["metrics"]["containerPort"]), (8443, 9090))
+        args = flags(container)
+        self.assertEqual((args["listen"], args["metrics-listen"]), ("0.0.0.0:8443", "0.0.0.0:9090"))
+        service_ports = {p["name"]: p for p in one(objs, "Service", INJECTOR)["spec"]["ports"]}
+        self.assertEqual((service_ports["https"]["port"], service_ports["https"]["targetPort"]), (443, "https"))
+        self.assertEqual(service_ports["metrics"]["targetPort"], "metrics")
+        self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
+        self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"})
+        self.assertEqual(container["resources"], {"requests": {"cpu": "10m", "memory": "32Mi"},
+                                                  "limits": {"memory": "64Mi"}})
+        self.assertEqual(pod["priorityClassName"], "system-cluster-critical")
+        self.assertEqual(one(objs, "Deployment", INJECTOR)["spec"]["replicas"], 3)
+        self.assertEqual(one(objs, "PodDisruptionBudget", INJECTOR)["spec"]["minAvailable"], 1)
+        [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        self.assertEqual(term["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname")
+        self.assertTrue(selects(term["podAffinityTerm"]["labelSelector"], pod_labels := one(
+            objs, "Deployment", INJECTOR)["spec"]["template"]["metadata"]["labels"]))
+        self.assertEqual(pod_labels["example.com/tier"], "infra")
+        # One replica: no budget; a budget switched off: none either; an affinity given replaces the default.
+        objs = objects({"injector": {"enabled": True, "replicas": 1}})
+        self.assertFalse([o for o in objs if o["kind"] == "PodDisruptionBudget"])
+        objs = objects({"injector": {"enabled": True, "podDisruptionBudget": {"enabled": False},
+                                     "affinity": {"nodeAffinity": {}}}})
+        self.assertFalse([o for o in objs if o["kind"] == "PodDisruptionBudget"])
+        self.assertEqual(self.container(objs)[0]["affinity"], {"nodeAffinity": {}})
+
+    def test_cert_manager_tls_needs_no_rbac_and_no_api_token(self):
+        objs = objects(self.ci("cert-manager"))
+        pod, container = self.container(objs)
+        args = flags(container)
+        mwc, hook = self.webhook(objs)
+        certificate = one(objs, "Certificate", INJECTOR)
+        volume = {v["name"]: v for v in pod["volumes"]}["tls"]
+        self.assertEqual(mwc["metadata"]["annotations"],
+                         {"cert-manager.io/inject-ca-from": f"{NAMESPACE}/{certificate['metadata']['name']}"})
+        self.assertNotIn("caBundle", hook["clientConfig"])
+        self.assertEqual(certificate["spec"]["secretName"], volume["secret"]["secretName"])
+        self.assertNotIn("optional", volume["secret"])
+        service = hook["clientConfig"]["service"]["name"]
+        self.assertEqual(service, one(objs, "Service", INJECTOR)["metadata"]["name"])
+        self.assertEqual(certificate["spec"]["dnsNames"], [
+            service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc", f"{service}.{NAMESPACE}.svc.cluster.local"])
+        self.assertEqual(certificate["spec"]["duration"], "168h")
+        # The chart's own CA: a self-signed Issuer signs a CA Certificate, whose Issuer signs the
+        # serving certificate (so the caBundle changes only when the CA does).
+        issuers = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "Issuer"}
+        self.assertEqual(certificate["spec"]["issuerRef"], {"name": INJECTOR + "-ca", "kind": "Issuer",
+                                                            "group": "cert-manager.io"})
+        ca = one(objs, "Certificate", INJECTOR + "-ca")
+        self.assertIs(ca["spec"]["isCA"], True)
+        self.assertEqual(ca["spec"]["duration"], "87600h")
+        self.assertEqual(issuers, {INJECTOR + "-ca": {"ca": {"secretName": ca["spec"]["secretName"]}},
+                                   ca["spec"]["issuerRef"]["name"]: {"selfSigned": {}}})
+        # No API access at all.
+        self.assertFalse([o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")])
+        self.assertIs(pod["automountServiceAccountToken"], False)
+        self.assertIs(one(objs, "ServiceAccount", INJECTOR)["automountServiceAccountToken"], False)
+        for flag in ("self-managed-tls", "tls-secret", "webhook-config", "service", "lease", "cert-validity"):
+            self.assertNotIn(flag, args)
+        self.assertEqual(args["tls-dir"], INJECTOR_TLS_DIR)
+        self.assertEqual(container["image"], "registry.example.com/platform/token-agent:0.1.0-webhook")
+        self.assertEqual(container["imagePullPolicy"], "Always")
+        self.assertEqual(args["agent-image"], "token-agent:" + load(os.path.join(CHART, "Chart.yaml"))["appVersion"])
+        self.assertEqual(hook["failurePolicy"], "Ignore")
+        self.assertEqual(hook["reinvocationPolicy"], "Never")
+        # An issuer of the user's: only the serving Certificate, signed by it.
+        values = self.ci("cert-manager")
+        values["injector"]["tls"]["certManager"] = {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}
+        objs = objects(values)
+        self.assertFalse([o for o in objs if o["kind"] == "Issuer"])
+        self.assertEqual([o["metadata"]["name"] for o in objs if o["kind"] == "Certificate"], [INJECTOR])
+        self.assertEqual(one(objs, "Certificate")["spec"]["issuerRef"], {"name": "corp-ca", "kind": "ClusterIssuer"})
+
+    def test_kube_system_and_the_release_namespace_are_always_excluded(self):
+        excluded = lambda ns: {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", ns]}
+        _, hook = self.webhook(objects({"injector": {"enabled": True}}))
+        self.assertEqual(hook["namespaceSelector"], {"matchExpressions": [excluded(NAMESPACE)]})
+        own = {"matchLabels": {"team": "a"},
+               "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["kube-system", "apps"]},
+                                    {"key": "env", "operator": "Exists"}]}
+        for namespace in (NAMESPACE, "platform"):
+            with self.subTest(namespace=namespace):
+                objs = objects({"injector": {"enabled": True, "webhook": {"namespaceSelector": own}}}, namespace=namespace)
+                _, hook = self.webhook(objs)
+                selector = hook["namespaceSelector"]
+                self.assertEqual(selector["matchLabels"], {"team": "a"})
+                self.assertEqual(selector["matchExpressions"], [excluded(namespace)] + own["matchExpressions"])
+                for name in ("kube-system", namespace):
+                    self.assertFalse(selects(selector, {"kubernetes.io/metadata.name": name, "team": "a", "env": "x"}), name)
+                self.assertTrue(selects(selector, {"kubernetes.io/metadata.name": "apps", "team": "a", "env": "x"}))
+        _, hook = self.webhook(objects({"injector": {"enabled": True}}, namespace="kube-system"))
+        self.assertEqual(hook["namespaceSelector"]["matchExpressions"][0]["values"], ["kube-system"])
+
+    def test_standalone_false_installs_only_the_injector(self):
+        objs = objects({"standalone": False, "injector": {"enabled": True}})
+        self.assertEqual([o["metadata"]["name"] for o in objs if o["kind"] == "Deployment"], [INJECTOR])
+        for o in objs:
+            self.assertIn(INJECTOR, o["metadata"]["name"], f"{o['kind']}/{o['metadata']['name']}")
+        # Every optional part of the agent stays off with it.
+        everything = load(os.path.join(CHART, "ci", "everything-values.yaml"))
+        objs = objects(dict(everything, standalone=False, injector={"enabled": True}))
+        self.assertEqual(sorted({o["kind"] for o in objs} - {"ClusterRole", "ClusterRoleBinding"}), sorted(
+            ["Deployment", "Service", "ServiceAccount", "MutatingWebhookConfiguration", "PodDisruptionBudget",
+             "Role", "RoleBinding"]))
+        self.assertFalse([o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "tokens"])
+        with self.assertRaises(Exception) as raised:
+            render({"standalone": False})
+        self.assertIn("installs nothing", str(raised.exception))
+
+    def test_images_and_logging_fall_back_to_the_chart_wide_values(self):
+        values = {"image": {"repository": "reg/ta", "digest": "sha256:" + "a" * 64, "pullPolicy": "Always"},
+                  "logFormat": "json", "logLevel": "warn",
+                  "injector": {"enabled": True, "agentImage": {"tag": "1.2.3"}, "logLevel": "debug"}}
+        _, container = self.container(objects(values))
+        args = flags(container)
+        self.assertEqual(container["image"], "reg/ta@sha256:" + "a" * 64)
+        self.assertEqual(container["imagePullPolicy"], "Always")
+        # A tag chosen here is not overridden by the chart-wide digest.
+        self.assertEqual(args["agent-image"], "reg/ta:1.2.3")
+        self.assertEqual(args["agent-pull-policy"], "Always")
+        self.assertEqual(container["args"][0], "--log-format=json")
+        self.assertEqual({e["name"]: e.get("value") for e in container["env"]}["RUST_LOG"], "debug")
+
+    def test_an_unscoped_fail_webhook_is_refused(self):
+        # Helm merges `{}` with the default: still the opt-in label.
+        _, hook = self.webhook(objects({"injector": {"enabled": True, "webhook": {"objectSelector": {}}}}))
+        self.assertEqual(hook["objectSelector"], {"matchLabels": {"token-agent.io/inject": "true"}})
+        # null removes it.
+        for selector in (None, {"matchLabels": None}):
+            with self.subTest(selector=selector):
+                with self.assertRaises(Exception) as raised:
+                    render({"injector": {"enabled": True, "webhook": {"objectSelector": selector}}})
+                self.assertIn("objectSelector is empty with failurePolicy Fail", str(raised.exception))
+        _, hook = self.webhook(objects({"injector": {"enabled": True, "webhook": {
+            "failurePolicy": "Ignore", "objectSelector": {"matchLabels": None}}}}))
+        self.assertEqual(hook["objectSelector"], {})
+
+    def test_the_schema_rejects_bad_injector_values(self):
+        bad = [
+            ({"webhook": {"failurePolicy": "Never"}}, "/injector/webhook/failurePolicy"),
+            ({"webhook": {"timeoutSeconds": 0}}, "/injector/webhook/timeoutSeconds"),
+            ({"webhook": {"timeoutSeconds": 31}}, "/injector/webhook/timeoutSeconds"),
+            ({"webhook": {"reinvocationPolicy": "Always"}}, "/injector/webhook/reinvocationPolicy"),
+            ({"webhok": {}}, "'webhok' not allowed"),
+            ({"tls": {"mode": "genCA"}}, "/injector/tls/mode"),
+            ({"tls": {"certValidity": "7 days"}}, "/injector/tls/certValidity"),
+            ({"tls": {"certManager": {"issuerRef": {"nam": "x"}}}}, "'nam' not allowed"),
+            ({"agentImage": {"repo": "x"}}, "'repo' not allowed"),
+            ({"webhook": {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}},
+             "/injector/webhook/namespaceSelector/matchExpressions/0/operator"),
+        ]
+        for injector, key in bad:
+            with self.subTest(injector=injector):
+                with self.assertRaises(Exception) as raised:
+                    render({"injector": dict(injector, enabled=True)})
+                self.assertIn(key, str(raised.exception))
 
 
 class Manifests(unittest.TestCase):

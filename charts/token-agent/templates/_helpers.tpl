@@ -130,3 +130,64 @@ What the agent may do in the Kubernetes API, derived from the config (Secret sin
 {{- end }}
 {{- toYaml (dict "secrets" $secrets "tokens" $tokens "leases" $leases) }}
 {{- end }}
+
+{{/*
+An image reference from an `image`-shaped map (repository, tag, digest): a digest wins over the
+tag, the tag defaults to the chart's appVersion. Called with (dict "image" … "root" $).
+*/}}
+{{- define "token-agent.imageRef" -}}
+{{- if .image.digest -}}
+{{ .image.repository }}@{{ .image.digest }}
+{{- else -}}
+{{ .image.repository }}:{{ default .root.Chart.AppVersion .image.tag }}
+{{- end -}}
+{{- end }}
+
+{{/*
+`.Values.image` overlaid with an override of the same shape (injector.image, injector.agentImage):
+keys left unset come from the chart's image; a tag or digest set in the override replaces both
+of the chart's (a chart-wide digest never pins an image whose tag was chosen here). A YAML map.
+Called with (dict "override" … "root" $).
+*/}}
+{{- define "token-agent.overlayImage" -}}
+{{- $image := deepCopy .root.Values.image }}
+{{- $override := .override | default dict }}
+{{- if $override.repository }}{{ $_ := set $image "repository" $override.repository }}{{ end }}
+{{- if or $override.tag $override.digest }}
+{{- $_ := set $image "tag" ($override.tag | default "") }}
+{{- $_ := set $image "digest" ($override.digest | default "") }}
+{{- end }}
+{{- if $override.pullPolicy }}{{ $_ := set $image "pullPolicy" $override.pullPolicy }}{{ end }}
+{{- toYaml $image }}
+{{- end }}
+
+{{/*
+The injector (the mutating admission webhook). Its `app.kubernetes.io/name` differs from the
+agent's so that the agent's selectors (Deployment, Service, PodDisruptionBudget,
+NetworkPolicy), which match on name and instance, never take in the injector's pods.
+*/}}
+{{- define "token-agent.injector.fullname" -}}
+{{- printf "%s-injector" (include "token-agent.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "token-agent.injector.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-injector" (include "token-agent.name" . | trunc 54 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: injector
+{{- end }}
+
+{{- define "token-agent.injector.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "token-agent.injector.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The objects the webhook names in self-managed mode, and the chart creates or refers to. */}}
+{{- define "token-agent.injector.tlsSecret" -}}
+{{- printf "%s-tls" (include "token-agent.injector.fullname" .) }}
+{{- end }}
+
+{{- define "token-agent.injector.selfManaged" -}}
+{{- if eq .Values.injector.tls.mode "self-managed" }}true{{ end }}
+{{- end }}
