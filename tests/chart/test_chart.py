@@ -143,10 +143,10 @@ def flags(container):
     return out
 
 
-def kube_validate(obj, where):
+def kube_validate(obj, where, versions=KUBERNETES):
     if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
         return
-    for version in KUBERNETES:
+    for version in versions:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
