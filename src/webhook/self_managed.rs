@@ -272,15 +272,10 @@ fn ca_key_matches(ca: &CertificateDer<'_>, key_pem: &str) -> bool {
     ca.public_key().raw == key.subject_public_key_info()
 }
 
+/// `der` as PEM, with the `pem` crate rcgen already uses (LF line endings, as rcgen writes).
 fn pem_of(der: &CertificateDer<'_>) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), config)
 }
 
 impl Material {
