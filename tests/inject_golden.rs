@@ -9,6 +9,8 @@
 //! `tests/chart/test_chart.py` applies the same patches with another JSON-patch implementation
 //! and validates each resulting pod against the official Kubernetes schemas.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -42,24 +44,11 @@ fn cases() -> Vec<PathBuf> {
 
 /// The AdmissionReview the API server would send for `case`.
 fn admission_review(case: &Value) -> Value {
-    let pod = &case["pod"];
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "requestKind": { "group": "", "version": "v1", "kind": "Pod" },
-            "requestResource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": case["namespace"].as_str().unwrap_or("apps"),
-            "operation": case["operation"].as_str().unwrap_or("CREATE"),
-            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
-            "object": pod,
-            "oldObject": if case["operation"] == "UPDATE" { pod.clone() } else { Value::Null },
-            "dryRun": false,
-        }
-    })
+    common::admission_review(
+        &case["pod"],
+        case["namespace"].as_str().unwrap_or("apps"),
+        case["operation"].as_str().unwrap_or("CREATE"),
+    )
 }
 
 fn decode_patch(response: &Value) -> Option<json_patch::Patch> {

@@ -122,19 +122,7 @@ async fn exchange(
 }
 
 fn admission_review(pod: &Value, namespace: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "b6f1a1f4-0c0a-4c39-9b7c-e2b7c1a5d001",
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": namespace,
-            "operation": "CREATE",
-            "object": pod,
-        }
-    }))
-    .unwrap()
+    serde_json::to_vec(&common::admission_review(pod, namespace, "CREATE")).unwrap()
 }
 
 /// The response's patch applied to `pod` (as the API server does).
@@ -197,7 +185,7 @@ async fn a_secret_swap_reloads_the_serving_certificate_and_a_broken_one_is_never
     let answer: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(
         answer["response"]["uid"],
-        "b6f1a1f4-0c0a-4c39-9b7c-e2b7c1a5d001"
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
     );
     let pod = patched(&simple_pod(), &answer);
     assert_eq!(

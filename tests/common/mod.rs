@@ -338,3 +338,34 @@ pub fn series_value(metrics: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The `admission.k8s.io/v1` AdmissionReview the API server sends for `pod` (an UPDATE
+/// carries the same pod as `oldObject`).
+pub fn admission_review(
+    pod: &serde_json::Value,
+    namespace: &str,
+    operation: &str,
+) -> serde_json::Value {
+    let old = if operation == "UPDATE" {
+        pod.clone()
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "requestKind": { "group": "", "version": "v1", "kind": "Pod" },
+            "requestResource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod,
+            "oldObject": old,
+            "dryRun": false,
+        }
+    })
+}
