@@ -54,10 +54,9 @@ const FILE_SETTINGS: [&str; 3] = ["ca_file", "client_cert", "client_key"];
 /// (it always can, once it parsed as a configuration) gives empty digests: every source then
 /// counts as changed, the safe side.
 pub(super) fn prints(text: &str, config: &Config) -> Vec<SourcePrint> {
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    options.leading_zero_numbers_as_strings = true;
-    let document: Value = serde_saphyr::from_str_with_options(text, options).unwrap_or_default();
+    let document: Value =
+        serde_saphyr::from_str_with_options(text, super::parse::yaml_options(text))
+            .unwrap_or_default();
     let written = document.get("sources").and_then(Value::as_array);
     let defaults = &config.defaults;
     let file_defaults = format!("{:?}", defaults.file);

@@ -29,8 +29,10 @@ use crate::sink::SinkConfig;
 use crate::sink::file::FileDefaults;
 use crate::source::SourceSpec;
 
-/// Largest configuration file accepted (a typo'd path to a big file fails fast).
-const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest configuration file accepted (a typo'd path to a big file fails fast). 32 MiB holds
+/// 50 000 sources of up to ~650 bytes each; the YAML budget scales with the text
+/// (`parse::yaml_options`), so the file size is what bounds the parser's work.
+const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Where state lives unless `state_dir` says otherwise: not in the token volume, which the
 /// apps mount (and can often write), so a planted state file cannot steer a DELETE.

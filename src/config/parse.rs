@@ -5,6 +5,24 @@ use std::path::Path;
 use super::locate::{self, Locator};
 use super::{Config, ConfigError};
 
+/// The YAML settings every reading of the configuration uses. YAML 1.2 booleans: `yes`, `on`,
+/// `no` stay strings (the "Norway problem" is not ours).
+///
+/// serde-saphyr's default budget stops at 250 000 nodes and 1 000 000 events, about 12 500
+/// sources. A node or an event needs at least a byte of text, so those two limits grow with
+/// the text instead (the file itself is at most `MAX_CONFIG_BYTES`); the limits that stop an
+/// expansion attack — aliases, anchors, alias replay, depth — keep their defaults.
+pub(super) fn yaml_options(text: &str) -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(text.len().saturating_mul(2));
+    options.budget = Some(budget);
+    options
+}
+
 /// Deserializes, turning a serde error into a located [`ConfigError`].
 pub(super) fn deserialize(
     text: &str,
@@ -12,10 +30,7 @@ pub(super) fn deserialize(
     locator: &Locator,
 ) -> Result<Config, ConfigError> {
     let mut field_path = String::new();
-    // YAML 1.2 booleans: `yes`, `on`, `no` stay strings (the "Norway problem" is not ours).
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    options.leading_zero_numbers_as_strings = true;
+    let options = yaml_options(text);
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             field_path = normalize_path(&e.path().to_string());
