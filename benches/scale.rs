@@ -2,9 +2,14 @@
 //! 127.0.0.1 with tokens written to tmpfs (/dev/shm). Prints a table; BENCHMARKS.md has the
 //! numbers and how to read them. Not a test: nothing here asserts on time.
 //!
-//! Environment: `BENCH_SOURCES` (default "10,1000,10000"), `BENCH_IDLE_SECS` (default 60),
-//! `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5), `BENCH_ONLY` (sections:
-//! scale,sustain,idle,admission,start), `BENCH_ADMISSION_SECS` (default 10), `BENCH_BIN` (another build of the binary, e.g. static musl).
+//! The binary measured is the one the image ships: the static musl release build, which the
+//! bench builds first (`cargo build --release --target x86_64-unknown-linux-musl`). `BENCH_BIN`
+//! measures another build instead (e.g. `target/release/token-agent`, the glibc one).
+//!
+//! Environment: `BENCH_SOURCES` (default "10,1000,10000,50000"), `BENCH_IDLE_SECS` (default
+//! 60), `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5), `BENCH_SUSTAIN_SOURCES`
+//! (default 12000), `BENCH_ONLY` (sections: footprint,scale,sustain,idle,admission,start),
+//! `BENCH_ADMISSION_SECS` (default 10), `BENCH_BIN`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,9 +20,35 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The binary measured: this build's, or `BENCH_BIN` (e.g. the static musl build).
+/// The static target the image ships (`scripts/image.sh`).
+const SHIPPED_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The binary measured: `BENCH_BIN`, or the shipped static build, built here so the figures
+/// are for the code in this tree. Without the musl target (`rustup target add`, Debian
+/// `musl-tools`) the bench says so and measures this build's glibc binary.
 fn bin() -> String {
-    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_token-agent").to_owned())
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("BENCH_BIN") {
+            return bin;
+        }
+        let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", SHIPPED_TARGET])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.success());
+        let shipped = format!(
+            "{}/target/{SHIPPED_TARGET}/release/token-agent",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        if built {
+            shipped
+        } else {
+            println!("(the {SHIPPED_TARGET} build failed: measuring the glibc build instead)");
+            env!("CARGO_BIN_EXE_token-agent").to_owned()
+        }
+    })
+    .clone()
 }
 
 /// A minimal keep-alive HTTP/1.1 issuer: every request gets the same token JSON. Written on raw
@@ -75,24 +106,33 @@ async fn issuer(expires_in: &'static str) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, count)
 }
 
+/// A configuration of `sources` oauth2 sources, each writing `s<i>.token` into `dir`. The file
+/// is written beside `dir`, not in it, as in a pod (config and token volumes are apart): the
+/// agent watches its configuration's directory, and token writes there would wake it.
 fn config(
     dir: &Path,
     addr: SocketAddr,
     sources: usize,
     refresh: &str,
     concurrency: usize,
+    server: &str,
 ) -> PathBuf {
     let mut text = format!(
-        "defaults:\n  file: {{ dir: '{}', mode: '0600' }}\n  refresh: {refresh}\n  retry: {{ initial: 50ms, max: 1s }}\nserver: {{ enabled: false }}\nmax_concurrent_fetches: {concurrency}\nsources:\n",
+        "defaults:\n  file: {{ dir: '{}', mode: '0600' }}\n  refresh: {refresh}\n  retry: {{ initial: 50ms, max: 1s }}\nserver: {server}\nmax_concurrent_fetches: {concurrency}\nsources:\n",
         dir.display()
     );
     for i in 0..sources {
         text.push_str(&format!("  - {{ name: s{i}, kind: oauth2, token_url: 'http://{addr}/token', auth: none, sinks: [ {{ file: {{ path: s{i}.token }} }} ] }}\n"));
     }
-    let path = dir.join("config.yaml");
+    let path = dir.with_extension("config.yaml");
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// No HTTP server: the scale and throughput sections measure the token work alone.
+const NO_SERVER: &str = "{ enabled: false }";
+/// The server a deployed sidecar runs (probes and metrics), on a free port.
+const SIDECAR_SERVER: &str = "{ listen: '127.0.0.1:0' }";
 
 fn token_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
@@ -151,11 +191,23 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-fn shm_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+/// A scratch directory on tmpfs holding `tokens/` (the sink directory) and the configuration.
+struct Scratch {
+    _root: tempfile::TempDir,
+    tokens: PathBuf,
+}
+
+fn scratch(name: &str) -> Scratch {
+    let root = tempfile::Builder::new()
         .prefix(name)
         .tempdir_in("/dev/shm")
-        .unwrap_or_else(|_| tempfile::tempdir().unwrap())
+        .unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let tokens = root.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    Scratch {
+        _root: root,
+        tokens,
+    }
 }
 
 /// wrk's request rate against `addr` with `connections` connections for `secs`.
@@ -175,8 +227,8 @@ fn wrk(addr: SocketAddr, connections: usize, secs: u64) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `BENCH_ONLY=sustain,idle` runs only those sections (scale, sustain, idle, admission,
-/// start).
+/// `BENCH_ONLY=sustain,idle` runs only those sections (footprint, scale, sustain, idle,
+/// admission, start).
 fn wants(section: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == section))
 }
@@ -188,6 +240,25 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Starts the agent on a fresh scratch directory and waits until `sources` token files exist
+/// (at most `limit`). Returns the scratch, the child and how long the first tokens took.
+async fn start_agent(
+    name: &str,
+    addr: SocketAddr,
+    sources: usize,
+    refresh: &str,
+    server: &str,
+) -> (Scratch, Child, Duration) {
+    let work = scratch(name);
+    let cfg = config(&work.tokens, addr, sources, refresh, 32, server);
+    let started = Instant::now();
+    let child = spawn(&cfg);
+    while token_files(&work.tokens) < sources && started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (work, child, started.elapsed())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     // `cargo test --all-targets` also runs bench targets (without `--bench`): do nothing then.
@@ -196,41 +267,72 @@ async fn main() {
         return;
     }
     let counts: Vec<usize> = std::env::var("BENCH_SOURCES")
-        .unwrap_or_else(|_| "10,1000,10000".into())
+        .unwrap_or_else(|_| "10,1000,10000,50000".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     let starts: usize = env_or("BENCH_STARTS", 20);
     let sustain_secs: u64 = env_or("BENCH_SUSTAIN_SECS", 5);
-    println!("token-agent {} — {}", env!("CARGO_PKG_VERSION"), bin());
+    let sustain_sources: usize = env_or("BENCH_SUSTAIN_SOURCES", 12_000);
+    let bin = bin();
+    println!("token-agent {} — {bin}", env!("CARGO_PKG_VERSION"));
     println!(
-        "binary size: {:.1} MiB",
-        std::fs::metadata(bin())
+        "binary size: {:.2} MiB",
+        std::fs::metadata(&bin)
             .map(|m| m.len() as f64 / 1048576.0)
             .unwrap_or(0.0)
     );
-
-    // 1. Scale: time to every first token, peak RSS.
     let (addr, served) = issuer("1800").await;
+
+    // 1. Footprint: what one sidecar costs, idle, with the HTTP server a pod runs.
+    if wants("footprint") {
+        println!("\n| sources (idle, server on) | VmRSS | RssAnon | RssFile | threads |");
+        println!("|---:|---:|---:|---:|---:|");
+        for n in [1, 10] {
+            let (work, child, _) =
+                start_agent("ta-bench-footprint", addr, n, "{ at: 80% }", SIDECAR_SERVER).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let pid = child.id();
+            let kib = |key| status_kib(pid, key) as f64 / 1024.0;
+            println!(
+                "| {n} | {:.2} MiB | {:.2} MiB | {:.2} MiB | {} |",
+                kib("VmRSS:"),
+                kib("RssAnon:"),
+                kib("RssFile:"),
+                status_kib(pid, "Threads:")
+            );
+            stop(child);
+            drop(work);
+        }
+    }
+
+    // 2. Scale: time to every first token, peak RSS.
     if wants("scale") {
         println!("\n| sources | all first tokens written | peak RSS (VmHWM) | RSS after |");
         println!("|---:|---:|---:|---:|");
-        for &n in counts.iter().filter(|_| wants("scale")) {
-            let dir = shm_dir("ta-bench-scale");
-            let cfg = config(dir.path(), addr, n, "{ at: 80%, jitter: 10% }", 32);
+        for &n in &counts {
+            let work = scratch("ta-bench-scale");
+            let cfg = config(
+                &work.tokens,
+                addr,
+                n,
+                "{ at: 80%, jitter: 10% }",
+                32,
+                NO_SERVER,
+            );
             let base = served.load(Ordering::Relaxed);
             let started = Instant::now();
             let child = spawn(&cfg);
             let pid = child.id();
             // Watch the issuer (cheap) until every source has fetched, then the directory (a
-            // readdir of 20 000 entries every few ms would compete with the agent for the CPU).
+            // readdir of 100 000 entries every few ms would compete with the agent for the CPU).
             while served.load(Ordering::Relaxed) - base < n as u64
                 && started.elapsed() < Duration::from_secs(120)
             {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            while token_files(dir.path()) < n && started.elapsed() < Duration::from_secs(120) {
+            while token_files(&work.tokens) < n && started.elapsed() < Duration::from_secs(120) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let took = started.elapsed();
@@ -246,60 +348,22 @@ async fn main() {
         }
     }
 
-    // 2. Sustained refreshes per second vs wrk with the same connection count.
+    // 3. Sustained refreshes, against what the machine can do for the same work.
     if wants("sustain") {
-        let (fast, served) = issuer("0.05").await;
-        let connections = 32;
-        let dir = shm_dir("ta-bench-sustain");
-        let cfg = config(
-            dir.path(),
-            fast,
-            1000,
-            "{ at: 50%, jitter: 0%, min_interval: 1ms }",
-            connections,
-        );
-        let child = spawn(&cfg);
-        let pid = child.id();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let (before, ticks) = (served.load(Ordering::Relaxed), cpu_ticks(pid));
-        let window = Instant::now();
-        tokio::time::sleep(Duration::from_secs(sustain_secs)).await;
-        let refreshes = served.load(Ordering::Relaxed) - before;
-        let cpu_secs = (cpu_ticks(pid) - ticks) as f64 / 100.0;
-        let took = window.elapsed().as_secs_f64();
-        let agent_rate = refreshes as f64 / took;
-        stop(child);
-        let wrk_rate = tokio::task::spawn_blocking(move || wrk(fast, connections, sustain_secs))
-            .await
-            .unwrap();
-        println!(
-            "\nsustained refreshes (1000 sources, 50 ms tokens, {connections} concurrent fetches, tmpfs):"
-        );
-        println!(
-            "  agent CPU: {:.2} cores, {:.0} µs per refresh (fetch + token file + metadata + log)",
-            cpu_secs / took,
-            cpu_secs * 1e6 / refreshes.max(1) as f64
-        );
-        match wrk_rate {
-            Some(w) => println!(
-                "  agent {agent_rate:.0}/s, wrk -c{connections} {w:.0}/s, ratio {:.0} %",
-                agent_rate / w * 100.0
-            ),
-            None => println!("  agent {agent_rate:.0}/s (wrk not installed: apt-get install wrk)"),
-        }
+        sustain(sustain_sources, sustain_secs).await;
     }
 
-    // 3. Idle cost: 10 sources with 30-minute tokens.
+    // 4. Idle cost: 10 sources with 30-minute tokens.
     if wants("idle") {
-        let dir = shm_dir("ta-bench-idle");
-        let cfg = config(dir.path(), addr, 10, "{ at: 80% }", 32);
-        let child = spawn(&cfg);
+        let (work, child, _) =
+            start_agent("ta-bench-idle", addr, 10, "{ at: 80% }", SIDECAR_SERVER).await;
         let pid = child.id();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (t0, rss) = (cpu_ticks(pid), status_kib(pid, "VmRSS:"));
         tokio::time::sleep(Duration::from_secs(idle_secs)).await;
         let ticks = cpu_ticks(pid) - t0;
         stop(child);
+        drop(work);
         let hz = 100.0; // USER_HZ on Linux
         println!(
             "\nidle: 10 sources, 30-min tokens: {:.0} ms CPU in {idle_secs} s ({:.4} % of a core), RSS {:.1} MiB",
@@ -309,23 +373,23 @@ async fn main() {
         );
     }
 
-    // 4. The injector: admission latency at a steady 200 reviews/s over kept-alive TLS
+    // 5. The injector: admission latency at a steady 200 reviews/s over kept-alive TLS
     //    connections (as the API server sends them), and the webhook's memory.
     if wants("admission") {
         admission(env_or("BENCH_ADMISSION_SECS", 10)).await;
     }
 
-    // 5. Start-up: process start to first token file, median of `starts` runs.
+    // 6. Start-up: process start to first token file, median of `starts` runs.
     if !wants("start") {
         return;
     }
     let mut samples = Vec::new();
     for _ in 0..starts {
-        let dir = shm_dir("ta-bench-start");
-        let cfg = config(dir.path(), addr, 1, "{ at: 80% }", 32);
+        let work = scratch("ta-bench-start");
+        let cfg = config(&work.tokens, addr, 1, "{ at: 80% }", 32, NO_SERVER);
         let started = Instant::now();
         let child = spawn(&cfg);
-        while token_files(dir.path()) < 1 && started.elapsed() < Duration::from_secs(10) {
+        while token_files(&work.tokens) < 1 && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_micros(200));
         }
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -338,6 +402,137 @@ async fn main() {
         samples[0],
         samples[samples.len() - 1]
     );
+}
+
+/// The agent saturated (`sources` tokens that live 1 s, refreshed at half their life: demand
+/// is twice the sources per second), then the two halves of its work measured alone on the
+/// same machine: wrk against the same issuer with the same connections, and [`write_loop`] in
+/// the same directory. Doing both halves back to back, the machine manages at most
+/// 1 / (1/http + 1/write) refreshes per second; the ratio is the agent's share of that.
+async fn sustain(sources: usize, secs: u64) {
+    let (fast, served) = issuer("1").await;
+    let connections = 32;
+    let work = scratch("ta-bench-sustain");
+    let cfg = config(
+        &work.tokens,
+        fast,
+        sources,
+        "{ at: 50%, jitter: 0%, min_interval: 1ms }",
+        connections,
+        NO_SERVER,
+    );
+    let child = spawn(&cfg);
+    let pid = child.id();
+    let started = Instant::now();
+    while served.load(Ordering::Relaxed) < sources as u64
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (before, ticks) = (served.load(Ordering::Relaxed), cpu_ticks(pid));
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let refreshes = served.load(Ordering::Relaxed) - before;
+    let cpu_secs = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+    let took = window.elapsed().as_secs_f64();
+    let agent = refreshes as f64 / took;
+    let rss = status_kib(pid, "VmRSS:");
+    stop(child);
+    let http = tokio::task::spawn_blocking(move || wrk(fast, connections, secs))
+        .await
+        .unwrap();
+    let tokens = work.tokens.clone();
+    let writes = tokio::task::spawn_blocking(move || {
+        (1..=2)
+            .map(|threads| (threads, write_loop(&tokens, sources, threads, secs)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    println!(
+        "\nsustained refreshes ({sources} sources, 1 s tokens refreshed at 50 %, {connections} concurrent fetches, tmpfs):"
+    );
+    println!(
+        "  agent {agent:.0}/s; CPU {:.2} cores, {:.0} µs per refresh (fetch + token file + metadata + log); RSS {:.1} MiB",
+        cpu_secs / took,
+        cpu_secs * 1e6 / refreshes.max(1) as f64,
+        rss as f64 / 1024.0
+    );
+    for (threads, rate) in &writes {
+        println!(
+            "  write loop, {threads} thread(s) (the sink's system calls, same directory): {rate:.0}/s"
+        );
+    }
+    let write = writes.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    match http {
+        Some(http) => {
+            let limit = 1.0 / (1.0 / http + 1.0 / write);
+            println!("  wrk -c{connections} (HTTP alone): {http:.0}/s");
+            println!(
+                "  limit 1/(1/{http:.0} + 1/{write:.0}) = {limit:.0}/s; agent {agent:.0}/s = {:.0} % of it",
+                agent / limit * 100.0
+            );
+        }
+        None => println!("  (wrk not installed: apt-get install wrk; no limit computed)"),
+    }
+}
+
+/// What the file sink does per refresh, with nothing else: open the directory, then for the
+/// token (`mode 0600`, fsync) and its metadata (no fsync) create a temporary file, write,
+/// fchmod, rename it over the target and close, then fsync the directory once. `threads`
+/// loops share the files (`s<i>.token` for i < `files`) as the agent's blocking pool does.
+/// Returns replacements (token + metadata) per second over `secs`.
+fn write_loop(dir: &Path, files: usize, threads: usize, secs: u64) -> f64 {
+    use rustix::fs::{CWD, Mode, OFlags, fchmod, fsync, openat, renameat};
+    let token = format!("bench-token-{:032}", 0);
+    let metadata = format!(
+        "{{\n  \"source\": \"s0\",\n  \"token_type\": \"Bearer\",\n  \"expires_at\": \"2026-11-23T23:18:06Z\",\n  \"refreshed_at\": \"2026-11-23T23:18:05Z\",\n  \"sha256\": \"{}\"\n}}\n",
+        "0".repeat(64)
+    );
+    let done = AtomicU64::new(0);
+    let until = Instant::now() + Duration::from_secs(secs);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (token, metadata, done) = (&token, &metadata, &done);
+            scope.spawn(move || {
+                let mut i = t;
+                let mut count = 0;
+                let replace = |dirfd: &std::os::fd::OwnedFd, name: &str, body: &str, sync| {
+                    let tmp = format!(".tmp-{name}-{:016x}", fastrand::u64(..));
+                    let flags = OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC;
+                    let fd = openat(dirfd, &tmp, flags, Mode::from_raw_mode(0o600)).unwrap();
+                    rustix::io::write(&fd, body.as_bytes()).unwrap();
+                    fchmod(&fd, Mode::from_raw_mode(0o600)).unwrap();
+                    if sync {
+                        fsync(&fd).unwrap();
+                    }
+                    renameat(dirfd, &tmp, dirfd, name).unwrap();
+                };
+                while Instant::now() < until {
+                    let dirfd = openat(
+                        CWD,
+                        dir,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .unwrap();
+                    let name = format!("s{i}.token");
+                    replace(&dirfd, &name, token, true);
+                    replace(&dirfd, &format!(".{name}.meta.json"), metadata, false);
+                    fsync(&dirfd).unwrap();
+                    count += 1;
+                    i = (i + threads) % files;
+                }
+                done.fetch_add(count, Ordering::Relaxed);
+            });
+        }
+    });
+    done.load(Ordering::Relaxed) as f64 / secs as f64
 }
 
 fn free_port() -> u16 {
