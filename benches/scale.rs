@@ -240,8 +240,8 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Starts the agent on a fresh scratch directory and waits until `sources` token files exist
-/// (at most `limit`). Returns the scratch, the child and how long the first tokens took.
+/// Starts the agent on a fresh scratch directory and waits (at most 120 s) until `sources`
+/// token files exist. Returns the scratch, the child and how long the first tokens took.
 async fn start_agent(
     name: &str,
     addr: SocketAddr,
