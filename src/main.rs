@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
@@ -19,23 +19,7 @@ use token_agent::reload::ConfigReloader;
 use token_agent::telemetry::{self, LogFormat};
 use token_agent::{dev, server};
 
-/// musl's allocator takes one global lock per call: with two runtime workers and the blocking
-/// pool allocating at once it was a fifth of the agent's CPU at full load (BENCHMARKS.md
-/// "Footprint and throughput"). mimalloc keeps per-thread heaps. Built without transparent
-/// huge pages (`no_thp`): with them every thread's first allocation made 2 MiB resident.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (the Rust binding names no constant).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed pages go back to the system at once instead of after mimalloc's default second: the
-/// start-up burst of 10 000 sources otherwise peaks 20 MiB higher, and at a sidecar's pace
-/// (a refresh every few minutes) the delay buys nothing.
-fn tune_allocator() {
-    // SAFETY: sets a process-wide integer option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
+mod process_memory;
 
 /// Configuration errors exit with EX_USAGE, like linkerd2-proxy.
 const EX_USAGE: u8 = 64;
@@ -154,12 +138,13 @@ struct WebhookArgs {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    process_memory::tune_allocator();
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     token_agent::install_crypto_provider();
-    // Two workers are plenty for I/O-bound work; file writes run on a small blocking pool so
-    // ten thousand sources do not become hundreds of OS threads.
+    // Two workers are plenty for I/O-bound work. File writes run on two threads per volume
+    // (sink/volume.rs); the small blocking pool takes one-off work, so ten thousand sources do
+    // not become hundreds of OS threads.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -336,6 +321,16 @@ async fn run_until_signal(
     )
     .await?;
     info!(sources = config.sources.len(), "token-agent started");
+    tokio::spawn(async {
+        tokio::time::sleep(process_memory::START_UP_SETTLED).await;
+        match process_memory::release_start_up_code() {
+            Ok(kib) => debug!(
+                kib,
+                "unmapped the start-up code; its pages stay in the page cache"
+            ),
+            Err(e) => debug!(error = %e, "could not unmap the start-up code"),
+        }
+    });
     drop(config); // the agent holds what it needs; the parsed file is large at scale
     agent.run_with_reloads(shutdown, reload_requests).await;
     if let Some(handle) = http {
@@ -442,18 +437,4 @@ async fn dev(dir: PathBuf, listen: SocketAddr, ttl: Duration) -> anyhow::Result<
         "dev mode: demo issuer on loopback; watch the files in the tokens directory rotate (Ctrl-C to stop)"
     );
     run_until_signal(config, true, None).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MI_OPTION_PURGE_DELAY;
-
-    #[test]
-    fn the_allocator_option_set_at_start_is_the_purge_delay() {
-        // mimalloc's purge delay defaults to 1000 ms, and no other option does: a renumbered
-        // enum in a newer mimalloc fails here instead of silently setting another option.
-        // SAFETY: reads a process-wide integer option.
-        let value = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(value, 1000);
-    }
 }

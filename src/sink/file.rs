@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use self::mode::FileMode;
 use super::atomic::{self, AtomicError, Dir, Ownership, Written};
 use super::format::{self, Format};
+use super::volume::VolumeOf;
 use super::{
     BoxFuture, BuildError, Problems, Sink, SinkContext, SinkError, SinkKind, SinkSet, TENANT,
     blocking,
@@ -153,6 +154,7 @@ impl FileSinkConfig {
                 .unwrap_or_else(|| format::default_env_name(source)),
             source: source.to_owned(),
             written: Arc::default(),
+            volume: Arc::new(VolumeOf::new(self.dir_or(&defaults.dir))),
         }
     }
 }
@@ -203,6 +205,8 @@ pub struct FileSink {
     source: String,
     /// Instances written since start (see [`FileSink::write_blocking`]).
     written: Arc<Mutex<HashSet<InstanceId>>>,
+    /// Where its writes run: the threads of the volume it writes to.
+    volume: Arc<VolumeOf>,
 }
 
 /// Files read back at start are tokens or their metadata: anything larger is not ours.
@@ -399,12 +403,12 @@ impl Sink for FileSink {
         instance: &'a InstanceId,
     ) -> BoxFuture<'a, Result<Written, SinkError>> {
         let (sink, token, instance) = (self.clone(), token.clone(), instance.clone());
-        Box::pin(blocking(move || sink.write_blocking(&token, &instance)))
+        Box::pin(self.volume.run(move || sink.write_blocking(&token, &instance)))
     }
 
     fn remove<'a>(&'a self, instance: &'a InstanceId) -> BoxFuture<'a, Result<(), SinkError>> {
         let (sink, instance) = (self.clone(), instance.clone());
-        Box::pin(blocking(move || sink.remove_blocking(&instance)))
+        Box::pin(self.volume.run(move || sink.remove_blocking(&instance)))
     }
 
     fn retire<'a>(
@@ -412,7 +416,7 @@ impl Sink for FileSink {
         instances: &'a [InstanceId],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let (sink, instances) = (self.clone(), instances.to_vec());
-        Box::pin(blocking(move || {
+        Box::pin(self.volume.run(move || {
             instances.iter().try_for_each(|i| sink.delete_blocking(i))
         }))
     }

@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod format;
+pub mod volume;
 
 use std::any::Any;
 use std::future::Future;
@@ -232,8 +233,9 @@ impl Reason for TaskFailed {
     }
 }
 
-/// Runs blocking file-system work of a sink on the blocking pool, off the async threads, so a
-/// hung volume stalls neither `/healthz` nor the other sources.
+/// Runs blocking file-system work of a sink that happens once per source (the sweep at start,
+/// reading a token back) on tokio's blocking pool, off the async threads. Writes and removals
+/// run on the threads of their volume instead ([`volume`]).
 pub async fn blocking<T, E>(
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, SinkError>
