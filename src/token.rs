@@ -71,10 +71,17 @@ impl Token {
     }
 }
 
-/// SHA-256 of `bytes`, hex encoded.
+/// SHA-256 of `bytes`, hex encoded (by table: it runs on every file write, and a `format!`
+/// per byte cost more than the hash, BENCHMARKS.md).
 pub fn fingerprint(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * digest.as_ref().len());
+    for b in digest.as_ref() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
 impl fmt::Debug for Token {

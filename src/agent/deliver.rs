@@ -27,6 +27,9 @@ impl SourceLoop {
         let report = self.reporter(context);
         let mut failed = false;
         let mut news = News::default();
+        // What changed is gathered only for a source with `notify:` actions (finding a
+        // sink's file builds a path: a cost on every refresh otherwise).
+        let announcing = state.announcer.is_some();
         for (key, instance) in state
             .instances
             .iter_mut()
@@ -59,7 +62,9 @@ impl SourceLoop {
             }
             // In place in every sink: now, and only now, the app may hear of it.
             if instance.announce != Announce::Done && instance.delivered.iter().all(|d| *d) {
-                news.add(key, instance, &self.sinks);
+                if announcing {
+                    news.add(key, instance, &self.sinks);
+                }
                 instance.announce = Announce::Done;
             }
         }

@@ -8,6 +8,7 @@
 
 mod mode;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -140,8 +141,8 @@ impl FileSinkConfig {
     /// The runnable sink (blocking methods, for tests and for [`SinkKind::build`]).
     pub fn file_sink(&self, source: &str, defaults: &FileDefaults) -> FileSink {
         FileSink {
-            dir: self.dir_or(&defaults.dir).to_owned(),
-            path: self.path.clone(),
+            dir: self.dir_or(&defaults.dir).into(),
+            path: self.path.as_path().into(),
             format: self.format,
             owner: Ownership {
                 mode: self.mode.unwrap_or(defaults.mode).0,
@@ -151,8 +152,9 @@ impl FileSinkConfig {
             env_name: self
                 .env_name
                 .clone()
-                .unwrap_or_else(|| format::default_env_name(source)),
-            source: source.to_owned(),
+                .unwrap_or_else(|| format::default_env_name(source))
+                .into(),
+            source: source.into(),
             written: Arc::default(),
             volume: Arc::new(VolumeOf::new(self.dir_or(&defaults.dir))),
         }
@@ -181,28 +183,29 @@ impl Reason for FileTaken {
     }
 }
 
-/// Sidecar metadata; no secret in it.
+/// Sidecar metadata; no secret in it. Borrowed when written, owned when read back.
 #[derive(Debug, Serialize, Deserialize)]
-struct Meta {
-    source: String,
-    token_type: String,
+struct Meta<'a> {
+    source: Cow<'a, str>,
+    token_type: Cow<'a, str>,
     #[serde(with = "humantime_serde")]
     issued_at: SystemTime,
     #[serde(with = "humantime_serde")]
     expires_at: SystemTime,
-    sha256: String,
+    sha256: Cow<'a, str>,
     #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    metadata: Cow<'a, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct FileSink {
-    dir: PathBuf,
-    path: PathBuf,
+    // Shared, not owned: the sink is cloned into every write it hands to its volume's threads.
+    dir: Arc<Path>,
+    path: Arc<Path>,
     format: Format,
     owner: Ownership,
-    env_name: String,
-    source: String,
+    env_name: Arc<str>,
+    source: Arc<str>,
     /// Instances written since start (see [`FileSink::write_blocking`]).
     written: Arc<Mutex<HashSet<InstanceId>>>,
     /// Where its writes run: the threads of the volume it writes to.
@@ -227,17 +230,17 @@ impl FileSink {
     }
 
     /// The relative path for `instance` (the configured path for a single-token source).
-    fn relative(&self, instance: &InstanceId) -> Result<PathBuf, AtomicError> {
+    fn relative(&self, instance: &InstanceId) -> Result<Cow<'_, Path>, AtomicError> {
         if !self.is_per_instance() {
-            return Ok(self.path.clone());
+            return Ok(Cow::Borrowed(&self.path));
         }
         if instance.is_single() {
             return Err(AtomicError::Escape {
-                path: self.path.clone(),
-                dir: self.dir.clone(),
+                path: self.path.to_path_buf(),
+                dir: self.dir.to_path_buf(),
             });
         }
-        Ok(instance_path(&self.path, instance.as_str()))
+        Ok(Cow::Owned(instance_path(&self.path, instance.as_str())))
     }
 
     /// Writes `token` for `instance` (blocking I/O; the agent runs it off the async threads).
@@ -259,12 +262,12 @@ impl FileSink {
         let dir = Dir::open(&self.dir, sub)?;
         let content = self.format.render(token, &self.source, &self.env_name);
         let meta = Meta {
-            source: self.source.clone(),
-            token_type: token.token_type.clone(),
+            source: Cow::Borrowed(&self.source),
+            token_type: Cow::Borrowed(&token.token_type),
             issued_at: token.issued_at,
             expires_at: token.expires_at,
-            sha256: token.fingerprint(),
-            metadata: token.metadata.clone(),
+            sha256: Cow::Owned(token.fingerprint()),
+            metadata: Cow::Borrowed(&token.metadata),
         };
         let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         // The token file's mode (the hash is an offline guessing aid for weak tokens), but
@@ -310,7 +313,7 @@ impl FileSink {
         let meta = dir.read_own(meta_name, MAX_EXISTING).ok().flatten();
         let owner = meta.and_then(|m| serde_json::from_slice::<Meta>(&m).ok());
         match owner {
-            Some(meta) if meta.source != self.source => Err(FileTaken {
+            Some(meta) if *meta.source != *self.source => Err(FileTaken {
                 meta: dir.path().join(meta_name),
                 owner: shown(&meta.source),
             }),
@@ -324,7 +327,7 @@ impl FileSink {
         let path = self.path.to_string_lossy().into_owned();
         let (parent, file) = match path.rsplit_once('/') {
             Some((parent, file)) => (self.dir.join(parent), file.to_owned()),
-            None => (self.dir.clone(), path),
+            None => (self.dir.to_path_buf(), path),
         };
         if parent.to_string_lossy().contains(TENANT) {
             return None; // one directory per tenant: nothing known to sweep up front
@@ -377,16 +380,16 @@ impl FileSink {
         let meta: Meta = serde_json::from_slice(&meta).ok()?;
         let content = dir.read(name, MAX_EXISTING).ok()??;
         let value = self.format.read_token(&content, &self.env_name)?;
-        if meta.source != self.source || fingerprint(value.as_bytes()) != meta.sha256 {
+        if *meta.source != *self.source || fingerprint(value.as_bytes()) != meta.sha256 {
             return None;
         }
         let mut token = Token::new(
             value.into(),
-            meta.token_type,
+            meta.token_type.into_owned(),
             meta.issued_at,
             meta.expires_at,
         );
-        token.metadata = meta.metadata;
+        token.metadata = meta.metadata.into_owned();
         Some(token)
     }
 }
