@@ -74,7 +74,7 @@ pub fn config_hash(text: &str) -> String {
 }
 
 fn short_hex(digest: &Digest) -> String {
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 /// Watches one configuration file and hands each valid new version to the agent.

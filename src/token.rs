@@ -71,17 +71,10 @@ impl Token {
     }
 }
 
-/// SHA-256 of `bytes`, hex encoded (by table: it runs on every file write, and a `format!`
-/// per byte cost more than the hash, BENCHMARKS.md).
+/// SHA-256 of `bytes`, hex encoded (`hex` encodes by table: this runs on every file write,
+/// and a `format!` per byte cost more than the hash, BENCHMARKS.md).
 pub fn fingerprint(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut hex = String::with_capacity(2 * digest.as_ref().len());
-    for b in digest.as_ref() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    hex
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 impl fmt::Debug for Token {
