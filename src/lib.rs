@@ -41,7 +41,7 @@ pub mod webhook;
 
 /// Installs the single TLS crypto provider (ring) used by every HTTP client in the process.
 ///
-/// reqwest is built with `rustls-no-provider` so that one provider serves both it and kube.
+/// The agent's HTTP client and kube share it; nothing else may pick another.
 /// Calling this more than once is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -139,7 +139,11 @@ async fn http_get_with_a_secret_in_the_query_and_a_text_answer() {
         std::fs::read_to_string(dir.path().join("h.token")).unwrap(),
         "opaque-token"
     );
-    assert_eq!(mock.requests()[0].method, "GET");
+    let first = &mock.requests()[0];
+    assert_eq!(first.method, "GET");
+    let agent = concat!("token-agent/", env!("CARGO_PKG_VERSION"));
+    assert_eq!(first.headers["user-agent"], agent);
+    assert_eq!(first.headers["accept"], "*/*");
 
     // The same source in a fresh directory, whose key file holds a wrong key.
     let fresh = tempfile::tempdir().unwrap();
@@ -154,6 +158,22 @@ async fn http_get_with_a_secret_in_the_query_and_a_text_answer() {
         !err.contains("SENTINEL"),
         "the secret in the URL is never shown: {err}"
     );
+}
+
+#[tokio::test]
+async fn http_headers_of_the_config_win_over_the_agents_defaults() {
+    let mock = Mock::start(|_| Reply::text(200, "opaque-token")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "defaults: {{ file: {{ dir: '{}' }} }}\nsources:\n  - name: h\n    kind: http\n    url: '{}'\n    headers: {{ User-Agent: 'legacy-client/2', Accept: text/plain }}\n    response: {{ format: text }}\n    ttl: 5m\n    sinks: [ {{ file: {{ path: h.token }} }} ]\n",
+        dir.path().display(),
+        mock.url("/token"),
+    );
+    once_yaml(&yaml).await.result.unwrap();
+    let request = &mock.requests()[0];
+    assert_eq!(request.headers["user-agent"], "legacy-client/2");
+    assert_eq!(request.headers["accept"], "text/plain");
+    assert_eq!(request.headers.get_all("user-agent").iter().count(), 1);
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! HTTPS issuers: a private CA given as `ca_file`, and mutual TLS with `client_cert` /
-//! `client_key`. The issuer is a real rustls server on 127.0.0.1 with certificates made by
-//! rcgen for the test.
+//! HTTPS issuers: a private CA given as `ca_file`, mutual TLS with `client_cert` /
+//! `client_key`, and proxies from the environment. The issuer is a real rustls server on
+//! 127.0.0.1 with certificates made by rcgen for the test.
 
 mod common;
 
@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::pki::{Pki, https_issuer, https_server};
+use common::{Mock, Reply};
 use rcgen::ExtendedKeyUsagePurpose;
+use serde_json::json;
 use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::Config;
@@ -174,6 +176,18 @@ async fn unusable_tls_files_are_named_at_start() {
     assert!(err.contains("holds no usable PEM certificate"), "{err}");
 }
 
+/// The head of an HTTP request (up to the blank line), read byte by byte so that nothing
+/// after it is consumed.
+async fn read_head(client: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        client.read_exact(&mut byte).await.ok()?;
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// A minimal HTTP CONNECT proxy that sends every tunnel to 127.0.0.1:`target` and records
 /// the CONNECT lines it saw.
 async fn connect_proxy(target: u16) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
@@ -188,15 +202,9 @@ async fn connect_proxy(target: u16) -> (u16, Arc<std::sync::Mutex<Vec<String>>>)
             };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
+                let Some(head) = read_head(&mut client).await else {
+                    return;
+                };
                 log.lock()
                     .unwrap()
                     .push(head.lines().next().unwrap_or_default().to_owned());
@@ -252,4 +260,147 @@ async fn https_proxy_from_the_environment_is_used() {
         seen.lock().unwrap().as_slice(),
         ["CONNECT idp.proxied.test:8443 HTTP/1.1"]
     );
+}
+
+/// A forwarding proxy for plain `http`: records each request head and answers with a token.
+async fn forward_proxy() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut client).await else {
+                    return;
+                };
+                log.lock().unwrap().push(head);
+                let body = r#"{"access_token":"proxied-token","expires_in":3600}"#;
+                let _ = client
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// `token-agent once` for one oauth2 source at `token_url`, with `env` set and every proxy
+/// variable of the test's own environment removed.
+async fn once_with_env(dir: &Path, token_url: &str, env: &[(&str, String)]) -> (bool, String) {
+    let config = write(
+        dir,
+        "c.yaml",
+        &format!(
+            "defaults: {{ file: {{ dir: '{}' }}, http: {{ require_https: false }} }}\nserver: {{ enabled: false }}\nsources:\n  - {{ name: s, kind: oauth2, token_url: '{token_url}', auth: none, sinks: [ {{ file: {{ path: s.token }} }} ] }}\n",
+            dir.display()
+        ),
+    );
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-agent"));
+    command.args(["once", "--config", &config]);
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        command.env_remove(var).env_remove(var.to_lowercase());
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn http_proxy_from_the_environment_gets_the_request_and_its_credentials() {
+    let (proxy_port, seen) = forward_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A name that does not resolve: only the proxy can reach it.
+    let (ok, stderr) = once_with_env(
+        dir.path(),
+        "http://idp.proxied.test:8080/token",
+        &[(
+            "HTTP_PROXY",
+            format!("http://proxy-user:proxy%20pw@127.0.0.1:{proxy_port}"),
+        )],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "proxied-token"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let head = &seen[0];
+    assert!(
+        head.starts_with("POST http://idp.proxied.test:8080/token HTTP/1.1\r\n"),
+        "absolute form to the proxy: {head}"
+    );
+    // base64("proxy-user:proxy pw")
+    assert!(
+        head.contains("\r\nproxy-authorization: Basic cHJveHktdXNlcjpwcm94eSBwdw==\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nhost: idp.proxied.test:8080\r\n"),
+        "{head}"
+    );
+    assert!(
+        !stderr.contains("proxy pw") && !stderr.contains("proxy%20pw"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn no_proxy_hosts_are_reached_directly_and_https_proxies_are_refused_by_name() {
+    let pki = Pki::new();
+    let server = pki.leaf(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let issuer_port = https_issuer(&server, None).await;
+    let (_held, dead) = common::refusing_addr();
+    let direct = Mock::start(|_| {
+        Reply::json(
+            200,
+            json!({"access_token": "direct-token", "expires_in": 3600}),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Proxy variables pointing nowhere: only NO_PROXY lets the request through.
+    let (ok, stderr) = once_with_env(
+        dir.path(),
+        &direct.url("/token"),
+        &[
+            ("HTTP_PROXY", format!("http://{dead}")),
+            ("HTTPS_PROXY", format!("http://{dead}")),
+            ("NO_PROXY", "127.0.0.1,localhost".into()),
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("s.token")).unwrap(),
+        "direct-token"
+    );
+    // An https:// proxy is not spoken to; the error names it without its credentials.
+    let fresh = tempfile::tempdir().unwrap();
+    let (ok, stderr) = once_with_env(
+        fresh.path(),
+        &format!("https://localhost:{issuer_port}/token"),
+        &[("HTTPS_PROXY", "https://u:hidden@127.0.0.1:9".into())],
+    )
+    .await;
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("proxy https://127.0.0.1:9 is not an http:// URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hidden"), "{stderr}");
 }

@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use reqwest::header::HeaderValue;
+use http::HeaderValue;
 
 /// `base64(user:password)`: the credentials part of a Basic `Authorization` header.
 pub fn basic_credentials(user: &str, password: &str) -> String {

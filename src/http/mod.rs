@@ -1,16 +1,24 @@
-//! HTTP for every kind that talks to a server (sources and sinks alike): resolved settings,
-//! the client cache, one capped `send`, Basic authentication, and the errors they share.
+//! HTTP for every kind that talks to a server (sources and sinks alike): the client (hyper,
+//! rustls, proxies from the environment), resolved settings, the client cache, one capped
+//! `send`, Basic authentication, and the errors they share.
 //! A leaf: it imports nothing of the sources, the sinks or the configuration.
 
 mod basic;
+mod client;
 mod clients;
 mod error;
 mod error_body;
+mod proxy;
+mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body;
+
 pub use self::basic::{basic_auth, basic_credentials};
+pub use self::client::{Client, RequestBuilder, Target};
 pub use self::clients::{ClientBuildError, HttpClients};
 pub use self::error::HttpError;
 pub use self::error_body::describe_error_body;
@@ -73,50 +81,60 @@ pub struct Reply {
 }
 
 /// Sends `request`, classifying transport failures, and reads at most [`MAX_RESPONSE_BYTES`].
+/// `timeout` bounds all of it, connect and body included.
 pub async fn send(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder,
     url: &str,
     timeout: Duration,
 ) -> Result<Reply, HttpError> {
-    let mut response = request
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| classify(e, url, timeout))?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(HttpError::TooLarge {
+    let (client, request) = request.build().map_err(|e| HttpError::Request {
+        url: url.to_owned(),
+        detail: cause_chain(&*e),
+    })?;
+    let exchange = async {
+        let response = client
+            .execute(request)
+            .await
+            .map_err(|e| classify(&e, e.is_connect(), url, timeout))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let too_large = || HttpError::TooLarge {
             url: url.to_owned(),
             limit: MAX_RESPONSE_BYTES,
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| classify(e, url, timeout))?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(HttpError::TooLarge {
-                url: url.to_owned(),
-                limit: MAX_RESPONSE_BYTES,
-            });
+        };
+        if response
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Reply {
-        status,
-        body,
-        retry_after,
-    })
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast_ref::<LengthLimitError>() {
+                Some(_) => too_large(),
+                None => classify(&*e, false, url, timeout),
+            })?;
+        Ok(Reply {
+            status,
+            body: body.to_bytes().into(),
+            retry_after,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(HttpError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            })
+        })
 }
 
 impl Reply {
@@ -147,29 +165,31 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(wait.min(Duration::from_secs(3600)))
 }
 
-/// Turns a reqwest error into an [`HttpError`] without its URL (which may carry a query
-/// string) and with its cause chain spelled out.
-fn classify(error: reqwest::Error, url: &str, timeout: Duration) -> HttpError {
+/// Turns a transport error into an [`HttpError`] with its cause chain spelled out (the
+/// chain never holds the URL, which may carry a query string).
+fn classify(
+    error: &(dyn std::error::Error + 'static),
+    connecting: bool,
+    url: &str,
+    timeout: Duration,
+) -> HttpError {
     let url = url.to_owned();
-    if error.is_timeout() {
-        return HttpError::Timeout { url, timeout };
+    let detail = cause_chain(error);
+    let mut timed_out = false;
+    let mut tls = detail.contains("certificate") || detail.contains("tls handshake");
+    let mut cause = Some(error);
+    while let Some(c) = cause {
+        tls |= c.downcast_ref::<rustls::Error>().is_some();
+        timed_out |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        cause = c.source();
     }
-    let error = error.without_url();
-    let detail = cause_chain(&error);
-    let is_tls = {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        let mut found = false;
-        while let Some(c) = cause {
-            if c.downcast_ref::<rustls::Error>().is_some() {
-                found = true;
-            }
-            cause = c.source();
-        }
-        found || detail.contains("certificate") || detail.contains("tls handshake")
-    };
-    if is_tls {
+    if timed_out {
+        HttpError::Timeout { url, timeout }
+    } else if tls {
         HttpError::Tls { url, detail }
-    } else if error.is_connect() {
+    } else if connecting {
         HttpError::Connect { url, detail }
     } else {
         HttpError::Request { url, detail }

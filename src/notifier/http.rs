@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{Change, NotifyError, check_timeout};
 use crate::credential::{CredentialRef, names_a_secret};
-use crate::http::http_url;
+use crate::http::{self, http_url};
 use crate::kind::Problems;
 use crate::redact::url_for_display;
 
@@ -64,7 +64,7 @@ impl HttpAction {
 
     pub async fn run(
         &self,
-        client: &reqwest::Client,
+        client: &http::Client,
         source: &str,
         change: &Change,
     ) -> Result<(), NotifyError> {
@@ -73,11 +73,10 @@ impl HttpAction {
             .unwrap_or_default();
         let failed = |why: String| NotifyError(format!("{shown}: {why}"));
         let method = match self.method {
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Get => reqwest::Method::GET,
+            Method::Post => ::http::Method::POST,
+            Method::Put => ::http::Method::PUT,
+            Method::Get => ::http::Method::GET,
         };
-        // Bounded by the runner's timeout, which counts as `timeout`.
         let mut request = client.request(method, &self.url);
         for (name, value) in &self.headers {
             let value = value.load().map_err(|e| failed(e.to_string()))?;
@@ -90,15 +89,14 @@ impl HttpAction {
                 "file": change.file,
             }));
         }
-        let response = request
-            .send()
+        // Bounded by the runner's timeout, which counts it as a timeout (not a failure).
+        let reply = http::send(request, &shown, Duration::MAX)
             .await
-            .map_err(|e| failed(crate::error::cause_chain(&e.without_url())))?;
-        let status = response.status();
-        if status.is_success() {
+            .map_err(|e| NotifyError(e.to_string()))?;
+        if (200..300).contains(&reply.status) {
             Ok(())
         } else {
-            Err(failed(format!("answered {status}")))
+            Err(failed(format!("answered HTTP {}", reply.status)))
         }
     }
 }

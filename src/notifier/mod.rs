@@ -94,7 +94,7 @@ impl NotifyConfig {
         &self,
         source: &str,
         change: &Change,
-        client: Option<&reqwest::Client>,
+        client: Option<&crate::http::Client>,
     ) -> Result<(), NotifyError> {
         match self {
             NotifyConfig::Signal(a) => a.run(),
@@ -127,11 +127,11 @@ pub struct Change {
 pub struct Notifier {
     actions: Box<[NotifyConfig]>,
     /// For `http` actions, built with the source's HTTP settings.
-    client: Option<reqwest::Client>,
+    client: Option<crate::http::Client>,
 }
 
 impl Notifier {
-    pub fn new(actions: Vec<NotifyConfig>, client: Option<reqwest::Client>) -> Self {
+    pub fn new(actions: Vec<NotifyConfig>, client: Option<crate::http::Client>) -> Self {
         Notifier {
             actions: actions.into(),
             client,

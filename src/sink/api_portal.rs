@@ -297,7 +297,7 @@ pub struct ApiPortalSink {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    client: http::Client,
     base: String,
     display_url: String,
     timeout: Duration,
@@ -388,17 +388,17 @@ impl ApiPortalSink {
 
     fn request(
         &self,
-        method: reqwest::Method,
+        method: ::http::Method,
         url: String,
-    ) -> Result<(reqwest::RequestBuilder, Vec<String>), PortalError> {
+    ) -> Result<(http::RequestBuilder, Vec<String>), PortalError> {
         let c = &self.inner.config;
         let (user, password) = (c.username.load()?, c.password.load()?);
         let auth = http::basic_auth(user.expose_secret(), password.expose_secret());
         let builder = self
             .inner
             .client
-            .request(method, url)
-            .header(reqwest::header::AUTHORIZATION, auth);
+            .request(method, &url)
+            .header(::http::header::AUTHORIZATION, auth);
         Ok((
             builder,
             vec![
@@ -453,7 +453,7 @@ impl ApiPortalSink {
         let display_url = format!("{}{PATH}", self.inner.display_url);
         if let Some(id) = self.load_id(instance) {
             let (request, mut secrets) = self.request(
-                reqwest::Method::PUT,
+                ::http::Method::PUT,
                 format!("{}{PATH}/{id}", self.inner.base),
             )?;
             secrets.push(token.secret().to_owned());
@@ -466,7 +466,7 @@ impl ApiPortalSink {
             info!(source = %self.inner.source, portal = %self.inner.display_url, "the portal no longer knows the token id; creating the entry again");
         }
         let (request, mut secrets) =
-            self.request(reqwest::Method::POST, format!("{}{PATH}", self.inner.base))?;
+            self.request(::http::Method::POST, format!("{}{PATH}", self.inner.base))?;
         secrets.push(token.secret().to_owned());
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let reply = http::send(request.json(&body), &display_url, self.inner.timeout)
@@ -503,7 +503,7 @@ impl ApiPortalSink {
         }
         let display_url = format!("{}{PATH}", self.inner.display_url);
         let (request, secrets) = self.request(
-            reqwest::Method::DELETE,
+            ::http::Method::DELETE,
             format!("{}{PATH}/{id}", self.inner.base),
         )?;
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();

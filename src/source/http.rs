@@ -105,7 +105,7 @@ impl SourceKind for HttpSourceConfig {
             Err(message) => problems.push(("url".into(), message)),
         }
         for name in self.headers.keys() {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if ::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.push((
                     format!("headers.{name}"),
                     "not a valid HTTP header name".into(),
@@ -134,7 +134,7 @@ impl SourceKind for HttpSourceConfig {
         let display_url = self
             .display_url(&templates)
             .map_err(|e| BuildError::Invalid(format!("url: {e}")))?;
-        let method = reqwest::Method::from_bytes(self.method.as_bytes())
+        let method = ::http::Method::from_bytes(self.method.as_bytes())
             .map_err(|e| BuildError::Invalid(format!("method: {e}")))?;
         Ok(Box::new(HttpSource {
             client: ctx.clients.get(ctx.http)?,
@@ -148,10 +148,10 @@ impl SourceKind for HttpSourceConfig {
 }
 
 pub struct HttpSource {
-    client: reqwest::Client,
+    client: http::Client,
     templates: Templates,
     display_url: String,
-    method: reqwest::Method,
+    method: ::http::Method,
     timeout: Duration,
     config: HttpSourceConfig,
 }
@@ -174,7 +174,7 @@ impl SingleTokenSource for HttpSource {
         let url = render("url", &c.url)?;
         let mut request = self.client.request(self.method.clone(), url.as_str());
         for (name, source) in &c.headers {
-            let mut value = reqwest::header::HeaderValue::from_str(&render(
+            let mut value = ::http::header::HeaderValue::from_str(&render(
                 &format!("headers.{name}"),
                 source,
             )?)

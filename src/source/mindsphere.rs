@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::HeaderValue;
+use ::http::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -200,7 +200,7 @@ impl SourceKind for MindSphereConfig {
 }
 
 pub struct MindSphereSource {
-    client: reqwest::Client,
+    client: http::Client,
     base: String,
     display_url: String,
     timeout: Duration,
@@ -262,9 +262,9 @@ impl MindSphereSource {
         let (url, display_url) = self.url(path);
         let request = self
             .client
-            .post(url)
+            .post(&url)
             .header("X-SPACE-AUTH-KEY", credentials.auth_key.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
+            .header(::http::header::ACCEPT, "application/json")
             .json(&body);
         let reply = http::send(request, &display_url, self.timeout).await?;
         Ok((self.json(credentials, reply, &display_url)?, display_url))
@@ -341,9 +341,9 @@ impl MindSphereSource {
             let display_url = display_url.split('?').next().unwrap_or_default().to_owned();
             let request = self
                 .client
-                .get(url)
+                .get(&url)
                 .bearer_auth(operator.secret())
-                .header(reqwest::header::ACCEPT, "application/json");
+                .header(::http::header::ACCEPT, "application/json");
             let reply = http::send(request, &display_url, self.timeout).await?;
             if reply.status == 401 {
                 // The operator token was revoked or has expired early: fetch a new one next time.

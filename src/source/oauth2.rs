@@ -124,14 +124,14 @@ impl SourceKind for OAuth2Config {
         }
         for (name, value) in &self.headers {
             if let CredentialRef::Inline(text) = value
-                && reqwest::header::HeaderValue::from_str(text).is_err()
+                && ::http::header::HeaderValue::from_str(text).is_err()
             {
                 problems.push((
                     format!("headers.{name}"),
                     "not a valid HTTP header value (control characters?)".into(),
                 ));
             }
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if ::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.push((
                     format!("headers.{name}"),
                     "not a valid HTTP header name".into(),
@@ -190,7 +190,7 @@ impl ClientAuth {
 
 /// A configured client-credentials source.
 pub struct OAuth2Source {
-    client: reqwest::Client,
+    client: http::Client,
     url: url::Url,
     display_url: String,
     timeout: Duration,
@@ -226,8 +226,8 @@ impl SingleTokenSource for OAuth2Source {
 
         let mut request = self
             .client
-            .post(self.url.clone())
-            .header(reqwest::header::ACCEPT, "application/json");
+            .post(&self.url)
+            .header(::http::header::ACCEPT, "application/json");
         request = match c.body {
             BodyEncoding::Form => request.form(&params),
             BodyEncoding::Json => request.json(&params.iter().cloned().collect::<BTreeMap<_, _>>()),
@@ -235,10 +235,10 @@ impl SingleTokenSource for OAuth2Source {
         if let (Some(id), Some(secret)) = (&client_id, &client_secret)
             && let Some(header) = basic_header(c.auth, id, secret)
         {
-            request = request.header(reqwest::header::AUTHORIZATION, header);
+            request = request.header(::http::header::AUTHORIZATION, header);
         }
         for (name, value) in &extra_headers {
-            let mut value = reqwest::header::HeaderValue::from_str(value.expose_secret())
+            let mut value = ::http::header::HeaderValue::from_str(value.expose_secret())
                 .map_err(|_| CredentialError::Unusable {
                     field: format!("headers.{name}"),
                     why: "not a valid HTTP header value",
@@ -275,7 +275,7 @@ fn basic_header(
     auth: ClientAuth,
     id: &SecretString,
     secret: &SecretString,
-) -> Option<reqwest::header::HeaderValue> {
+) -> Option<::http::header::HeaderValue> {
     let (id, secret) = (id.expose_secret(), secret.expose_secret());
     match auth {
         ClientAuth::Basic => Some(http::basic_auth(&form_encode(id), &form_encode(secret))),

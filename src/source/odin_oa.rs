@@ -119,7 +119,7 @@ impl SourceKind for OdinOaConfig {
 }
 
 pub struct OdinOaSource {
-    client: reqwest::Client,
+    client: http::Client,
     url: url::Url,
     display_url: String,
     timeout: Duration,
@@ -136,14 +136,14 @@ impl SingleTokenSource for OdinOaSource {
         let body = xmlrpc::method_call(METHOD, &[Value::Struct(args.into_iter().collect())]);
         let mut request = self
             .client
-            .post(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .post(&self.url)
+            .header(::http::header::CONTENT_TYPE, "text/xml")
             .body(body);
         let mut secrets = Vec::new();
         if let (Some(user), Some(password)) = (&c.username, &c.password) {
             let (user, password) = (user.load()?, password.load()?);
             let auth = http::basic_auth(user.expose_secret(), password.expose_secret());
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
+            request = request.header(::http::header::AUTHORIZATION, auth);
             secrets = vec![user, password];
         }
         let reply = http::send(request, &self.display_url, self.timeout).await?;

@@ -141,7 +141,7 @@ pub fn token_from_json(
     let invalid = |detail: String| FetchError::invalid(url, detail);
     let json: Value =
         serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON ({e})")))?;
-    let value = match json.pointer(&mapping.token) {
+    let value = match lookup(&json, &mapping.token) {
         Some(Value::String(s)) => s.as_str(),
         Some(Value::Null) | None => {
             return Err(invalid(format!("no token at `{}`", mapping.token)));
@@ -165,8 +165,7 @@ pub fn token_from_json(
             ))
         })?;
     refuse_expired(expires_at, now, url)?;
-    let token_type = json
-        .pointer(&mapping.token_type)
+    let token_type = lookup(&json, &mapping.token_type)
         .and_then(Value::as_str)
         .unwrap_or("Bearer");
     Ok(Token::new(
@@ -175,6 +174,34 @@ pub fn token_from_json(
         now,
         expires_at,
     ))
+}
+
+/// `serde_json`'s `Value::pointer` without its allocation per segment (it unescapes each
+/// into a new `String`, four lookups per refresh); pointers with escapes go to it.
+fn lookup<'v>(json: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.contains('~') {
+        return json.pointer(pointer);
+    }
+    if pointer.is_empty() {
+        return Some(json);
+    }
+    pointer
+        .strip_prefix('/')?
+        .split('/')
+        .try_fold(json, |value, segment| match value {
+            Value::Object(map) => map.get(segment),
+            Value::Array(items) => index(segment).and_then(|i| items.get(i)),
+            _ => None,
+        })
+}
+
+/// An array index as RFC 6901 writes it: digits, no sign, no leading zero.
+fn index(segment: &str) -> Option<usize> {
+    let digits = !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = segment.len() > 1 && segment.starts_with('0');
+    (digits && !leading_zero)
+        .then(|| segment.parse().ok())
+        .flatten()
 }
 
 /// A token that is already expired when it arrives is refused.
@@ -212,7 +239,7 @@ fn expiry_from_json(
     mapping: &ResponseMapping,
     now: SystemTime,
 ) -> Result<Option<SystemTime>, String> {
-    if let Some(v) = json.pointer(&mapping.expires_in).filter(|v| !v.is_null()) {
+    if let Some(v) = lookup(json, &mapping.expires_in).filter(|v| !v.is_null()) {
         let secs = number(v)
             .ok_or_else(|| format!("`{}` is not a number of seconds", mapping.expires_in))?;
         if !(0.0..=1e10).contains(&secs) {
@@ -220,7 +247,7 @@ fn expiry_from_json(
         }
         return Ok(now.checked_add(Duration::from_secs_f64(secs)));
     }
-    if let Some(v) = json.pointer(&mapping.expires_at).filter(|v| !v.is_null()) {
+    if let Some(v) = lookup(json, &mapping.expires_at).filter(|v| !v.is_null()) {
         if let Some(secs) = number(v).filter(|s| (0.0..=1e11).contains(s)) {
             return Ok(Some(UNIX_EPOCH + Duration::from_secs_f64(secs)));
         }
@@ -253,6 +280,42 @@ mod tests {
     use crate::error::Reason;
 
     const URL: &str = "https://idp/token";
+
+    #[test]
+    fn lookup_agrees_with_serde_json_pointer() {
+        let json: Value = serde_json::json!({
+            "a": {"b": [10, {"c": "x"}], "": "empty", "0": "zero"},
+            "list": ["p", "q"],
+            "t~k": "tilde", "s/l": "slash", "+1": "plus"
+        });
+        let pointers = [
+            "",
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/0",
+            "/a/b/1/c",
+            "/a/b/2",
+            "/a/b/01",
+            "/a/b/+1",
+            "/a/b/-1",
+            "/a/b/",
+            "/a/",
+            "/a/0",
+            "/list/1",
+            "/list/1/x",
+            "/t~0k",
+            "/s~1l",
+            "/+1",
+            "a",
+            "/missing",
+            "/a/b/1/c/d",
+            "/list/18446744073709551616",
+        ];
+        for pointer in pointers {
+            assert_eq!(lookup(&json, pointer), json.pointer(pointer), "{pointer:?}");
+        }
+    }
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
