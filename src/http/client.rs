@@ -3,6 +3,7 @@
 //! reqwest, whose layers (redirect policy, retry, `Url` ⇄ `Uri` on every request) were an
 //! eighth of the agent's work per token refresh and did nothing it uses (BENCHMARKS.md).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +18,28 @@ use percent_encoding::percent_decode_str;
 
 use super::proxy::{Proxies, ProxyConnector};
 use super::tls::client_config;
-use super::{ClientBuildError, HttpSettings, basic_auth};
+use super::{HttpSettings, basic_auth};
 
 type Pool = hyper_util::client::legacy::Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 const AGENT: HeaderValue =
     HeaderValue::from_static(concat!("token-agent/", env!("CARGO_PKG_VERSION")));
+
+/// Why an HTTP client could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no usable PEM certificate: {detail}")]
+    Certificate { path: PathBuf, detail: String },
+    #[error("client_cert/client_key: {detail}")]
+    Identity { detail: String },
+    #[error("cannot build HTTP client: {0}")]
+    Build(String),
+}
 
 /// A connection pool for one set of [`HttpSettings`]; clones share it (one pointer each:
 /// every source holds one).

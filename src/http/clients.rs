@@ -1,26 +1,10 @@
 //! HTTP clients keyed by the settings they are built from, so thousands of sources share a
 //! handful of connection pools instead of one each.
 
-use super::{Client, HttpSettings};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// Why an HTTP client could not be built from the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBuildError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no usable PEM certificate: {detail}")]
-    Certificate { path: PathBuf, detail: String },
-    #[error("client_cert/client_key: {detail}")]
-    Identity { detail: String },
-    #[error("cannot build HTTP client: {0}")]
-    Build(String),
-}
+use super::{Client, ClientBuildError, HttpSettings};
 
 /// Keyed by every setting a client is built from (the TLS files and the connect timeout),
 /// so no source inherits another's.

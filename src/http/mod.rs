@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 
 pub use self::basic::{basic_auth, basic_credentials};
-pub use self::client::{Client, RequestBuilder, Target};
-pub use self::clients::{ClientBuildError, HttpClients};
+pub use self::client::{Client, ClientBuildError, RequestBuilder, Target};
+pub use self::clients::HttpClients;
 pub use self::error::HttpError;
 pub use self::error_body::describe_error_body;
 use crate::error::cause_chain;

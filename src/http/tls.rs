@@ -10,8 +10,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::HttpSettings;
-use super::clients::ClientBuildError;
+use super::{ClientBuildError, HttpSettings};
 
 /// A rustls client configuration for `settings`, with ALPN left to the connector.
 pub fn client_config(settings: &HttpSettings) -> Result<ClientConfig, ClientBuildError> {
