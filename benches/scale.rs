@@ -7,9 +7,10 @@
 //! measures another build instead (e.g. `target/release/token-agent`, the glibc one).
 //!
 //! Environment: `BENCH_SOURCES` (default "10,1000,10000,50000"), `BENCH_IDLE_SECS` (default
-//! 60), `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 5), `BENCH_SUSTAIN_SOURCES`
-//! (default 12000), `BENCH_ONLY` (sections: footprint,scale,sustain,idle,admission,start),
-//! `BENCH_ADMISSION_SECS` (default 10), `BENCH_BIN`.
+//! 60), `BENCH_STARTS` (default 20), `BENCH_SUSTAIN_SECS` (default 2), `BENCH_SUSTAIN_ROUNDS`
+//! (default 8), `BENCH_SUSTAIN_SOURCES` (default 12000), `BENCH_ONLY` (sections: footprint,scale,sustain,idle,admission,start),
+//! `BENCH_ADMISSION_SECS` (default 10), `BENCH_BIN`, `BENCH_BIN_B` (a second build the sustained
+//! section compares with the first, round by round).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,7 +182,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn spawn(config: &Path) -> Child {
-    Command::new(bin())
+    spawn_bin(&bin(), config)
+}
+
+fn spawn_bin(bin: &str, config: &Path) -> Child {
+    Command::new(bin)
         .args(["run", "--config", config.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
@@ -277,8 +282,9 @@ async fn main() {
         .collect();
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     let starts: usize = env_or("BENCH_STARTS", 20);
-    let sustain_secs: u64 = env_or("BENCH_SUSTAIN_SECS", 5);
+    let sustain_secs: u64 = env_or("BENCH_SUSTAIN_SECS", 2);
     let sustain_sources: usize = env_or("BENCH_SUSTAIN_SOURCES", 12_000);
+    let sustain_rounds: usize = env_or("BENCH_SUSTAIN_ROUNDS", 8);
     let bin = bin();
     println!("token-agent {} — {bin}", env!("CARGO_PKG_VERSION"));
     println!(
@@ -356,7 +362,7 @@ async fn main() {
 
     // 3. Sustained refreshes, against what the machine can do for the same work.
     if wants("sustain") {
-        sustain(sustain_sources, sustain_secs).await;
+        sustain(sustain_sources, sustain_secs, sustain_rounds.max(1)).await;
     }
 
     // 4. Idle cost: 10 sources with 30-minute tokens.
@@ -415,73 +421,138 @@ async fn main() {
 /// same machine: wrk against the same issuer with the same connections, and [`write_loop`] in
 /// the same directory. Doing both halves back to back, the machine manages at most
 /// 1 / (1/http + 1/write) refreshes per second; the ratio is the agent's share of that.
-async fn sustain(sources: usize, secs: u64) {
-    let (fast, served) = issuer("1").await;
+///
+/// This VM's speed drifts by up to 1.5x within seconds, so the three are measured in `rounds`
+/// short rounds, the agent paused (SIGSTOP) while the others run, and each round gives its own
+/// ratio; the median round is the figure. With `BENCH_BIN_B` a second build runs beside the
+/// first (its own issuer and directory, paused while the first runs and the other way round,
+/// the two going first in turn), and the two are compared round by round: adjacent slices see
+/// the same machine speed.
+async fn sustain(sources: usize, secs: u64, rounds: usize) {
     let connections = 32;
-    let work = scratch("ta-bench-sustain");
-    let cfg = config(
-        &work.tokens,
-        fast,
-        sources,
-        "{ at: 50%, jitter: 0%, min_interval: 1ms }",
-        connections,
-        NO_SERVER,
-    );
-    let child = spawn(&cfg);
-    let pid = child.id();
-    let started = Instant::now();
-    while served.load(Ordering::Relaxed) < sources as u64
-        && started.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (before, ticks) = (served.load(Ordering::Relaxed), cpu_ticks(pid));
-    let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let refreshes = served.load(Ordering::Relaxed) - before;
-    let cpu_secs = (cpu_ticks(pid) - ticks) as f64 / 100.0;
-    let took = window.elapsed().as_secs_f64();
-    let agent = refreshes as f64 / took;
-    let rss = status_kib(pid, "VmRSS:");
-    stop(child);
-    let http = tokio::task::spawn_blocking(move || wrk(fast, connections, secs))
-        .await
-        .unwrap();
-    let tokens = work.tokens.clone();
-    let writes = tokio::task::spawn_blocking(move || {
-        (1..=2)
-            .map(|threads| (threads, write_loop(&tokens, sources, threads, secs)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    println!(
-        "\nsustained refreshes ({sources} sources, 1 s tokens refreshed at 50 %, {connections} concurrent fetches, tmpfs):"
-    );
-    println!(
-        "  agent {agent:.0}/s; CPU {:.2} cores, {:.0} µs per refresh (fetch + token file + metadata + log); RSS {:.1} MiB",
-        cpu_secs / took,
-        cpu_secs * 1e6 / refreshes.max(1) as f64,
-        rss as f64 / 1024.0
-    );
-    for (threads, rate) in &writes {
-        println!(
-            "  write loop, {threads} thread(s) (the sink's system calls, same directory): {rate:.0}/s"
+    let mut bins = vec![bin()];
+    bins.extend(std::env::var("BENCH_BIN_B").ok());
+    let mut agents = Vec::new();
+    for path in &bins {
+        let (issuer_addr, served) = issuer("1").await;
+        let work = scratch("ta-bench-sustain");
+        let cfg = config(
+            &work.tokens,
+            issuer_addr,
+            sources,
+            "{ at: 50%, jitter: 0%, min_interval: 1ms }",
+            connections,
+            NO_SERVER,
         );
+        let child = spawn_bin(path, &cfg);
+        let started = Instant::now();
+        while served.load(Ordering::Relaxed) < sources as u64
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        signal(child.id(), "STOP");
+        agents.push((child, issuer_addr, served, work));
     }
-    let write = writes.iter().map(|(_, r)| *r).fold(0.0, f64::max);
-    match http {
-        Some(http) => {
-            let limit = 1.0 / (1.0 / http + 1.0 / write);
-            println!("  wrk -c{connections} (HTTP alone): {http:.0}/s");
-            println!(
-                "  limit 1/(1/{http:.0} + 1/{write:.0}) = {limit:.0}/s; agent {agent:.0}/s = {:.0} % of it",
-                agent / limit * 100.0
+    println!(
+        "\nsustained refreshes ({sources} sources, 1 s tokens refreshed at 50 %, {connections} concurrent fetches, tmpfs), {rounds} rounds of {secs} s each:"
+    );
+    println!(
+        "| round | build | agent | CPU | µs per refresh | wrk -c{connections} (HTTP alone) | write loop 1 / 2 threads | limit | agent / limit |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    // Per build: (ratio to the limit, µs per refresh, refreshes per second) of each round.
+    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); agents.len()];
+    for round in 1..=rounds {
+        let mut measured = vec![(0.0, 0.0, 0.0); agents.len()];
+        // Builds take turns going first, so neither always follows the write loop.
+        for i in (0..agents.len()).map(|i| (i + round) % agents.len()) {
+            let (child, _, served, _) = &agents[i];
+            let pid = child.id();
+            signal(pid, "CONT");
+            // Past start-up, or past the backlog the pause left (every token expired meanwhile).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (before, ticks) = (served.load(Ordering::Relaxed), cpu_ticks(pid));
+            let window = Instant::now();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let refreshes = served.load(Ordering::Relaxed) - before;
+            let cpu_secs = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+            let took = window.elapsed().as_secs_f64();
+            signal(pid, "STOP");
+            measured[i] = (
+                refreshes as f64 / took,
+                cpu_secs / took,
+                cpu_secs * 1e6 / refreshes.max(1) as f64,
             );
         }
-        None => println!("  (wrk not installed: apt-get install wrk; no limit computed)"),
+        let (_, issuer_addr, _, work) = &agents[0];
+        let issuer_addr = *issuer_addr;
+        let http = tokio::task::spawn_blocking(move || wrk(issuer_addr, connections, secs))
+            .await
+            .unwrap();
+        let tokens = work.tokens.clone();
+        let writes = tokio::task::spawn_blocking(move || {
+            [1, 2].map(|threads| write_loop(&tokens, sources, threads, secs))
+        })
+        .await
+        .unwrap();
+        let write = writes[0].max(writes[1]);
+        let limit = http.map(|http| 1.0 / (1.0 / http + 1.0 / write));
+        for (i, (agent, cores, per_refresh)) in measured.into_iter().enumerate() {
+            let ratio = limit.map(|l| agent / l * 100.0);
+            results[i].push((ratio.unwrap_or(f64::NAN), per_refresh, agent));
+            println!(
+                "| {round} | {} | {agent:.0}/s | {cores:.2} cores | {per_refresh:.0} | {} | {:.0}/s / {:.0}/s | {} | {} |",
+                ["A", "B"][i],
+                http.map_or("(wrk not installed)".into(), |h| format!("{h:.0}/s")),
+                writes[0],
+                writes[1],
+                match (http, limit) {
+                    (Some(h), Some(l)) => format!("1/(1/{h:.0} + 1/{write:.0}) = {l:.0}/s"),
+                    _ => "—".into(),
+                },
+                ratio.map_or("—".into(), |r| format!("{r:.0} %")),
+            );
+        }
     }
+    for (child, ..) in &agents {
+        signal(child.id(), "CONT");
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, ((child, ..), path)) in agents.into_iter().zip(&bins).enumerate() {
+        let rss = status_kib(child.id(), "VmRSS:");
+        stop(child);
+        let build = &results[i];
+        println!(
+            "  {} ({path}): median round {} of the limit, {:.0} µs per refresh (fetch + token file + metadata + log); RSS {:.1} MiB",
+            ["A", "B"][i],
+            match median(build.iter().map(|r| r.0).collect()) {
+                r if r.is_nan() => "— (wrk not installed: apt-get install wrk)".to_owned(),
+                r => format!("{r:.0} %"),
+            },
+            median(build.iter().map(|r| r.1).collect()),
+            rss as f64 / 1024.0
+        );
+    }
+    if results.len() == 2 {
+        let pairs = || results[0].iter().zip(&results[1]);
+        println!(
+            "  B / A, median of the rounds: refreshes {:.3}, CPU per refresh {:.3} (B faster in {} of {rounds} rounds)",
+            median(pairs().map(|(a, b)| b.2 / a.2).collect()),
+            median(pairs().map(|(a, b)| b.1 / a.1).collect()),
+            pairs().filter(|(a, b)| b.2 > a.2).count()
+        );
+    }
+}
+
+/// Sends `SIGname` to `pid` (STOP and CONT pause the agent while the limit is measured).
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
 }
 
 /// What the file sink does per refresh, with nothing else: open the directory, then for the

@@ -215,6 +215,9 @@ pub struct FileSink {
 /// Files read back at start are tokens or their metadata: anything larger is not ours.
 const MAX_EXISTING: u64 = 1 << 20;
 
+/// A metadata record without extra fields is ~250 bytes.
+const META_CAPACITY: usize = 512;
+
 impl FileSink {
     /// `.<name>.meta.json`, next to the token file.
     fn meta_name(name: &OsStr) -> OsString {
@@ -269,7 +272,11 @@ impl FileSink {
             sha256: Cow::Owned(token.fingerprint()),
             metadata: Cow::Borrowed(&token.metadata),
         };
-        let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+        // Sized for the usual record at once: growing it piece by piece was a copy per step.
+        let mut meta_bytes = Vec::with_capacity(META_CAPACITY);
+        if serde_json::to_writer_pretty(&mut meta_bytes, &meta).is_err() {
+            meta_bytes.clear();
+        }
         // The token file's mode (the hash is an offline guessing aid for weak tokens), but
         // always the agent's own file: warm restarts believe no other owner's metadata.
         let meta_owner = Ownership {
@@ -277,7 +284,8 @@ impl FileSink {
             ..self.owner
         };
         let meta_name = Self::meta_name(name);
-        if self.first_write(instance) {
+        let first = self.first_write(instance);
+        if first {
             self.check_not_taken(&dir, &meta_name)?;
             if dir.holds(name, &content) {
                 dir.enforce(name, self.owner)?;
@@ -292,7 +300,9 @@ impl FileSink {
         dir.replace(name, &content, self.owner, true)?;
         dir.replace(&meta_name, &meta_bytes, meta_owner, false)?;
         dir.sync()?;
-        self.mark_written(instance);
+        if first {
+            self.mark_written(instance);
+        }
         Ok(Written::Replaced)
     }
 
