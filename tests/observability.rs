@@ -421,7 +421,8 @@ async fn healthz_answers_503_over_http_when_a_write_outlives_its_bound() {
     let view = Arc::new(token_agent::observability::Observability::new(
         token_agent::clock::Clock::system(),
     ));
-    view.status.register("orders", true);
+    let orders = token_agent::status::SourceEntry::new("orders", true);
+    view.status.register(&orders);
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
@@ -433,14 +434,10 @@ async fn healthz_answers_503_over_http_when_a_write_outlives_its_bound() {
     };
     assert_eq!(get().await, (200, "ok\n".to_owned()));
     // Within its bound: a bound no slow machine can outlive during one GET.
-    let within = view
-        .status
-        .busy("orders", "sink write", Duration::from_secs(3600));
+    let within = orders.busy("sink write", Duration::from_secs(3600));
     assert_eq!(get().await.0, 200, "within its bound");
     drop(within);
-    let busy = view
-        .status
-        .busy("orders", "sink write", Duration::from_millis(50));
+    let busy = orders.busy("sink write", Duration::from_millis(50));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = get().await;
     assert_eq!(status, 503, "{body}");

@@ -15,6 +15,7 @@ use crate::notifier::Notifier;
 use crate::observability::Observability;
 use crate::sink::{SinkContext, TENANT, place};
 use crate::source::{BuildContext, Source};
+use crate::status::SourceEntry;
 
 /// What every loop is built with; settings that only change at a restart (`state_dir`, leader
 /// election) come from the configuration the agent started with.
@@ -85,6 +86,7 @@ impl Builder<'_> {
                 .view
                 .metrics
                 .series_for(&s.name, s.spec.name(), &labels),
+            status: SourceEntry::new(&s.name, s.required),
             required: s.required,
             source,
             sinks,
@@ -106,11 +108,9 @@ impl Builder<'_> {
     /// until the new loop reports, its line in `/readyz`.
     pub fn register(&self, source: &Arc<SourceLoop>, replaces: bool) {
         self.view.metrics.publish_series(source.metrics.clone());
-        let status = &self.view.status;
-        if replaces {
-            status.update(&source.name, |s| s.required = source.required);
-        } else {
-            status.register(&source.name, source.required);
+        match replaces {
+            true => self.view.status.replace(&source.status),
+            false => self.view.status.register(&source.status),
         }
     }
 }

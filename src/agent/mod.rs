@@ -125,7 +125,7 @@ impl Agent {
         let mut loops = Vec::with_capacity(config.sources.len());
         for s in &config.sources {
             let built = builder.source_loop(config, s, true)?;
-            view.status.register(&s.name, s.required);
+            view.status.register(&built.status);
             view.metrics.add_series(built.metrics.clone());
             loops.push(built);
         }

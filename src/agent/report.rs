@@ -13,18 +13,19 @@ use crate::names::InstanceId;
 use crate::observability::Observability;
 use crate::sink::{SinkError, Written};
 use crate::source::FetchError;
-use crate::status::BusyGuard;
+use crate::status::{BusyGuard, SourceEntry};
 use crate::token::Token;
 
 fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
 
-/// Where one source's events go: its name, its own series, and the observability view every
-/// source shares (metrics registry, `/readyz` status, clock).
+/// Where one source's events go: its name, its own series and status line, and the
+/// observability view every source shares (metrics registry, clock).
 pub(super) struct Reporter<'a> {
     pub source: &'a str,
     pub series: &'a SourceMetrics,
+    pub status: &'a SourceEntry,
     pub view: &'a Observability,
 }
 
@@ -41,13 +42,11 @@ impl Reporter<'_> {
     /// Marks the source busy with `what` (bounded by `limit`) for `/healthz` until the guard
     /// is dropped, also when the operation is cancelled.
     pub fn busy(&self, what: &'static str, limit: Duration) -> BusyGuard<'_> {
-        self.view.status.busy(self.source, what, limit)
+        self.status.busy(what, limit)
     }
 
     fn set_error_reason(&self, reason: Option<&'static str>) {
-        self.view
-            .status
-            .update(self.source, |s| s.last_error_reason = reason);
+        self.status.update(|s| s.last_error_reason = reason);
     }
 }
 
@@ -67,7 +66,7 @@ pub(super) struct StandingBy;
 
 impl Event for StandingBy {
     fn emit(self, to: &Reporter) {
-        to.view.status.update(to.source, |s| s.standby = true);
+        to.status.update(|s| s.standby = true);
         info!(target: LOG_TARGET, source = %to.source, "standing by: another replica holds the lease");
     }
 }
@@ -77,7 +76,7 @@ pub(super) struct Resumed;
 
 impl Event for Resumed {
     fn emit(self, to: &Reporter) {
-        to.view.status.update(to.source, |s| s.standby = false);
+        to.status.update(|s| s.standby = false);
     }
 }
 
@@ -247,7 +246,7 @@ impl Event for Published {
         if let Some(e) = self.expires_at {
             to.series.set_expiry(e);
         }
-        to.view.status.update(to.source, |s| {
+        to.status.update(|s| {
             s.ready = self.valid;
             s.expires_at = self.expires_at;
         });

@@ -17,6 +17,7 @@ use crate::notifier::Notifier;
 use crate::schedule::refresh_delay;
 use crate::sink::{Sink, TENANT};
 use crate::source::{Source, jwt};
+use crate::status::SourceEntry;
 use crate::token::Token;
 
 /// Longest sleep between two looks at the wall clock, so a clock that jumps (backwards, or
@@ -29,6 +30,8 @@ pub(super) struct SourceLoop {
     pub required: bool,
     /// This source's series (see `metrics.rs`).
     pub metrics: Arc<SourceMetrics>,
+    /// This source's line in `/readyz` and `/healthz` (see `status.rs`).
+    pub status: Arc<SourceEntry>,
     pub source: Box<dyn Source>,
     pub sinks: Vec<LoopSink>,
     pub refresh: RefreshPolicy,
@@ -99,6 +102,7 @@ impl SourceLoop {
         Reporter {
             source: &self.name,
             series: &self.metrics,
+            status: &self.status,
             view: &context.observability,
         }
     }
