@@ -67,6 +67,11 @@ impl SourceEntry {
         f(&mut self.lock());
     }
 
+    /// Whether the source holds readiness back until it has a token.
+    pub fn required(&self) -> bool {
+        self.lock().required
+    }
+
     /// Marks the source busy with `what` until the returned guard is dropped.
     pub fn busy(&self, what: &'static str, limit: Duration) -> BusyGuard<'_> {
         let since = Instant::now();

@@ -87,7 +87,6 @@ impl Builder<'_> {
                 .metrics
                 .series_for(&s.name, s.spec.name(), &labels),
             status: SourceEntry::new(&s.name, s.required),
-            required: s.required,
             source,
             sinks,
             refresh: s.refresh.resolve(&config.defaults.refresh),

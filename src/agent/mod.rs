@@ -272,7 +272,7 @@ impl Agent {
                 let result = source.once(&context).await;
                 OnceOutcome {
                     source: source.name,
-                    required: source.required,
+                    required: source.status.required(),
                     result,
                 }
             });

@@ -27,7 +27,6 @@ pub(super) const CLOCK_CHECK_PERIOD: Duration = Duration::from_secs(30);
 /// One source and everything its loop runs with.
 pub(super) struct SourceLoop {
     pub name: String,
-    pub required: bool,
     /// This source's series (see `metrics.rs`).
     pub metrics: Arc<SourceMetrics>,
     /// This source's line in `/readyz` and `/healthz` (see `status.rs`).
