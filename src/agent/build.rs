@@ -107,9 +107,10 @@ impl Builder<'_> {
     /// until the new loop reports, its line in `/readyz`.
     pub fn register(&self, source: &Arc<SourceLoop>, replaces: bool) {
         self.view.metrics.publish_series(source.metrics.clone());
-        match replaces {
-            true => self.view.status.replace(&source.status),
-            false => self.view.status.register(&source.status),
+        if replaces {
+            self.view.status.replace(&source.status);
+        } else {
+            self.view.status.register(&source.status);
         }
     }
 }
