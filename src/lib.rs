@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod names;
 pub mod notifier;
 pub mod observability;
+pub mod priority;
 pub mod redact;
 pub mod reload;
 pub mod schedule;

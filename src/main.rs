@@ -15,6 +15,7 @@ use token_agent::agent::Agent;
 use token_agent::clock::Clock;
 use token_agent::config::{Config, ConfigErrors, ServerConfig};
 use token_agent::observability::Observability;
+use token_agent::priority;
 use token_agent::reload::ConfigReloader;
 use token_agent::telemetry::{self, LogFormat};
 use token_agent::{dev, server};
@@ -145,9 +146,18 @@ fn main() -> ExitCode {
     // Two workers are plenty for I/O-bound work. File writes run on two threads per volume
     // (sink/volume.rs); the small blocking pool takes one-off work, so ten thousand sources do
     // not become hundreds of OS threads.
+    //
+    // The runtime's threads run a nice level below the writer threads, which a thread started
+    // here, at the process's own level, starts (priority.rs).
+    if let Err(e) = priority::start_full_priority_starter() {
+        warn!(
+            "cannot start the thread that starts writer threads: {e}; they start at the runtime's lower priority"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
+        .on_thread_start(priority::lower_this_thread)
         .enable_all()
         .build()
     {

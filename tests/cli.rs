@@ -280,6 +280,23 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
     })
     .await;
     assert!(read("demo.env").starts_with("DEMO_ENV_TOKEN='"));
+    // The threads that wrote the tokens keep the process's nice level; the runtime's sit one
+    // below (src/priority.rs).
+    let levels = thread_levels(child.id());
+    let of = |name: &str| -> Vec<i32> {
+        levels
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, level)| *level)
+            .collect()
+    };
+    let process = of("token-agent");
+    assert_eq!(process.len(), 1, "{levels:?}");
+    let runtime = of("tokio-rt-worker");
+    let writers = of("sink-volume");
+    assert!(!runtime.is_empty() && !writers.is_empty(), "{levels:?}");
+    assert!(runtime.iter().all(|l| *l == process[0] + 1), "{levels:?}");
+    assert!(writers.iter().all(|l| *l == process[0]), "{levels:?}");
     let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
     assert_eq!(code, 200);
     assert!(
@@ -296,6 +313,23 @@ async fn dev_writes_rotating_tokens_and_serves_metrics() {
         !log.contains('\x1b'),
         "no colour codes when stderr is not a terminal: {log}"
     );
+}
+
+/// The name and nice level of each thread of process `pid` (a thread that ends meanwhile is
+/// left out).
+fn thread_levels(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // The fields after the name in parentheses; the nice level is the 19th of the line.
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            let level = after_name.split(' ').nth(16)?.parse().ok()?;
+            Some((name.trim().to_owned(), level))
+        })
+        .collect()
 }
 
 /// Everything an agent run printed, served and left on disk, for the secret sentinel checks.

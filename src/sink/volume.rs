@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::{SinkError, TaskFailed, blocking};
+use crate::priority;
 
 /// Threads per volume: as many as the runtime has workers. A write is a handful of system
 /// calls that keep a core busy; more threads than cores only add wake-ups.
@@ -103,9 +104,11 @@ impl Volume {
         queue.threads += 1;
         drop(queue);
         let volume = Arc::clone(self);
-        let started = std::thread::Builder::new()
-            .name("sink-volume".into())
-            .spawn(move || volume.work());
+        // At the process's own level, above the runtime's threads (crate::priority).
+        let started = priority::spawn_full_priority(
+            std::thread::Builder::new().name("sink-volume".into()),
+            move || volume.work(),
+        );
         if let Err(e) = started {
             let mut queue = self.lock();
             queue.threads -= 1;
