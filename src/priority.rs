@@ -2,17 +2,16 @@
 //! threads (fetches, the endpoints) run one nice level below the threads that write tokens.
 //!
 //! Measured on a saturated 2-core machine (BENCHMARKS.md, "Footprint and throughput"): with
-//! equal weights the workers take CPU from the writer threads, which then hold a directory's
-//! lock while preempted. One level lower gave ~4 % more refreshes for less CPU each; six levels
-//! starved the fetches. Without contention nice levels change nothing.
+//! equal weights the workers, busy with 32 fetches at once, take CPU the writer threads need.
+//! One level lower gave ~4 % more refreshes for less CPU each; six levels starved the fetches.
+//! Without contention nice levels change nothing.
 //!
 //! A thread inherits its creator's level and an unprivileged process cannot raise one again,
 //! so writer threads are not started by the lowered workers but by a thread that stays at the
 //! process's own level ([`start_full_priority_starter`]).
 
 use std::io;
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 
 use rustix::process::{getpriority_process, setpriority_process};
@@ -26,7 +25,7 @@ const WEAKEST: i32 = 19;
 type Start = Box<dyn FnOnce() + Send>;
 
 /// The channel to the thread that starts full-priority threads, once it runs.
-static STARTER: OnceLock<Mutex<mpsc::Sender<Start>>> = OnceLock::new();
+static STARTER: OnceLock<mpsc::Sender<Start>> = OnceLock::new();
 
 /// The process's own level, read by the first thread that asks: `main`, as it starts the
 /// starter. A blocking thread that a lowered worker spawns is lowered from here, not twice.
@@ -45,12 +44,13 @@ pub fn start_full_priority_starter() -> io::Result<()> {
         .name("thread-starter".into())
         .stack_size(64 * 1024)
         .spawn(move || starts.into_iter().for_each(|start| start()))?;
-    let _ = STARTER.set(Mutex::new(to_starter));
+    let _ = STARTER.set(to_starter);
     Ok(())
 }
 
 /// Spawns `work` on a new thread at the process's own level: through the starter when one
-/// runs, else from the calling thread (whose level it then inherits).
+/// runs (the caller waits the moment it takes, as it would spawning the thread itself), else
+/// from the calling thread, whose level the new one then inherits.
 pub fn spawn_full_priority(
     builder: thread::Builder,
     work: impl FnOnce() + Send + 'static,
@@ -63,11 +63,7 @@ pub fn spawn_full_priority(
     let start: Start = Box::new(move || {
         let _ = reply.send(builder.spawn(work).map(drop));
     });
-    starter
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(start)
-        .map_err(|_| gone())?;
+    starter.send(start).map_err(|_| gone())?;
     started.recv().map_err(|_| gone())?
 }
 
