@@ -143,9 +143,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     token_agent::install_crypto_provider();
-    // Two workers are plenty for I/O-bound work. File writes run on two threads per volume
-    // (sink/volume.rs); the small blocking pool takes one-off work, so ten thousand sources do
-    // not become hundreds of OS threads.
+    // Two workers are plenty for I/O-bound work. File writes run on one thread per volume, a
+    // second only for a slow volume (sink/volume.rs); the small blocking pool takes one-off
+    // work, so ten thousand sources do not become hundreds of OS threads.
     //
     // The runtime's threads run a nice level below the writer threads, which a thread started
     // here, at the process's own level, starts (priority.rs).

@@ -18,14 +18,21 @@ use std::os::unix::fs::MetadataExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{SinkError, TaskFailed, blocking};
 use crate::priority;
 
-/// Threads per volume: as many as the runtime has workers. A write is a handful of system
-/// calls that keep a core busy; more threads than cores only add wake-ups.
+/// Most threads per volume. One writes while it keeps up: on a fast volume (tmpfs) writes
+/// into one directory take its lock in the kernel in turn, so a second thread mostly waits on
+/// that lock, and waking it for every write cost more than it saved. On a slow one (a disk,
+/// where each write waits for `fsync`) a second doubles the writes in flight. So a second is
+/// given work only once the oldest waiting write has waited [`SLOW_VOLUME`].
 pub const THREADS_PER_VOLUME: usize = 2;
+
+/// How long the oldest write may wait for the busy thread before another takes work: ~200
+/// writes on tmpfs, a few on a disk that syncs in a millisecond or more.
+pub const SLOW_VOLUME: Duration = Duration::from_millis(5);
 
 /// How long a volume's thread waits for work before it ends (tokio's pool waits as long).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
@@ -37,11 +44,14 @@ pub struct Volume {
     state: Mutex<Queue>,
     ready: Condvar,
     keep_alive: Duration,
+    /// How long the oldest write waits before a second thread takes work ([`SLOW_VOLUME`]).
+    slow: Duration,
 }
 
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<Job>,
+    /// Each with when it was queued.
+    jobs: VecDeque<(Instant, Job)>,
     threads: usize,
     idle: usize,
     /// Idle threads already woken for a job, not yet running: a burst of jobs starts new
@@ -54,11 +64,12 @@ struct Queue {
 static VOLUMES: LazyLock<Mutex<HashMap<u64, Arc<Volume>>>> = LazyLock::new(Mutex::default);
 
 impl Volume {
-    pub fn new(keep_alive: Duration) -> Arc<Volume> {
+    pub fn new(keep_alive: Duration, slow: Duration) -> Arc<Volume> {
         Arc::new(Volume {
             state: Mutex::default(),
             ready: Condvar::new(),
             keep_alive,
+            slow,
         })
     }
 
@@ -92,7 +103,13 @@ impl Volume {
 
     fn submit(self: &Arc<Self>, job: Job) -> Result<(), TaskFailed> {
         let mut queue = self.lock();
-        queue.jobs.push_back(job);
+        queue.jobs.push_back((Instant::now(), job));
+        // Threads running a job, or woken for one.
+        let busy = queue.threads - (queue.idle - queue.woken);
+        let waited = queue.jobs.front().map(|(queued, _)| queued.elapsed());
+        if busy > 0 && waited.is_some_and(|w| w < self.slow) {
+            return Ok(()); // a busy thread takes it soon
+        }
         if queue.idle > queue.woken {
             queue.woken += 1;
             self.ready.notify_one();
@@ -126,7 +143,7 @@ impl Volume {
     fn work(&self) {
         let mut queue = self.lock();
         loop {
-            if let Some(job) = queue.jobs.pop_front() {
+            if let Some((_, job)) = queue.jobs.pop_front() {
                 drop(queue);
                 // A panicking job drops its result sender (its caller gets an error); the
                 // thread stays for the next one.
@@ -203,7 +220,7 @@ impl VolumeOf {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .entry(device)
-                        .or_insert_with(|| Volume::new(KEEP_ALIVE)),
+                        .or_insert_with(|| Volume::new(KEEP_ALIVE, SLOW_VOLUME)),
                 );
                 Arc::clone(self.volume.get_or_init(|| volume))
             }
@@ -246,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_runs_off_the_runtime_and_returns_its_result() {
-        let volume = Volume::new(KEEP_ALIVE);
+        let volume = Volume::new(KEEP_ALIVE, SLOW_VOLUME);
         let runtime_thread = std::thread::current().id();
         let ran_on = volume
             .run(|| Ok::<_, AtomicError>(std::thread::current().id()))
@@ -265,32 +282,40 @@ mod tests {
         assert!(failed.is_err());
     }
 
+    /// Waits (up to 10 s) until `done` holds.
+    async fn until(done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_volume_holds_only_its_own_threads() {
-        let hung = Volume::new(KEEP_ALIVE);
-        let other = Volume::new(KEEP_ALIVE);
+        let slow = Duration::from_millis(20);
+        let hung = Volume::new(KEEP_ALIVE, slow);
+        let other = Volume::new(KEEP_ALIVE, slow);
         let (release, held) = mpsc::channel::<()>();
         let held = Arc::new(Mutex::new(held));
         let entered = Arc::new(AtomicUsize::new(0));
-        // Every thread of `hung` blocks, and one more write waits in its queue.
+        // Every thread of `hung` blocks, and one more write waits in its queue. Each write
+        // comes after the one before has waited `slow`, so the second thread takes work.
         let mut stuck = Vec::new();
-        for _ in 0..=THREADS_PER_VOLUME {
-            let (held, entered, hung) = (held.clone(), entered.clone(), hung.clone());
+        for i in 0..=THREADS_PER_VOLUME {
+            let (held, counter, volume) = (held.clone(), entered.clone(), hung.clone());
             stuck.push(tokio::spawn(async move {
-                hung.run(move || -> Done {
-                    entered.fetch_add(1, Ordering::SeqCst);
-                    let _ = held.lock().unwrap().recv();
-                    Ok(1)
-                })
-                .await
+                volume
+                    .run(move || -> Done {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = held.lock().unwrap().recv();
+                        Ok(1)
+                    })
+                    .await
             }));
+            until(|| entered.load(Ordering::SeqCst) + hung.queued() > i).await;
+            tokio::time::sleep(slow * 2).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while (entered.load(Ordering::SeqCst) < THREADS_PER_VOLUME || hung.queued() < 1)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(|| entered.load(Ordering::SeqCst) >= THREADS_PER_VOLUME).await;
         assert_eq!(entered.load(Ordering::SeqCst), THREADS_PER_VOLUME);
         assert_eq!(hung.queued(), 1, "the write beyond the cap waits");
         assert_eq!(
@@ -317,9 +342,82 @@ mod tests {
         assert_eq!(entered.load(Ordering::SeqCst), THREADS_PER_VOLUME + 1);
     }
 
+    /// A write that holds the thread running it until `release` says so.
+    fn hold(
+        volume: &Arc<Volume>,
+    ) -> (
+        mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<u32, SinkError>>,
+    ) {
+        let (release, held) = mpsc::channel::<()>();
+        let volume = volume.clone();
+        let first = tokio::spawn(async move {
+            volume
+                .run(move || -> Done {
+                    let _ = held.recv();
+                    Ok(0)
+                })
+                .await
+        });
+        (release, first)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_wait_for_the_busy_thread_until_they_have_waited_too_long() {
+        // Fresh writes behind a busy thread: it takes them in turn, no second thread starts.
+        let patient = Volume::new(KEEP_ALIVE, Duration::from_secs(3600));
+        let (release, first) = hold(&patient);
+        until(|| patient.threads() == 1).await;
+        let queued: Vec<_> = (1..=3)
+            .map(|n| {
+                let patient = patient.clone();
+                tokio::spawn(async move { patient.run(move || -> Done { Ok(n) }).await })
+            })
+            .collect();
+        until(|| patient.queued() == 3).await;
+        assert_eq!(patient.queued(), 3);
+        assert_eq!(
+            patient.threads(),
+            1,
+            "no second thread for writes that just came"
+        );
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+        for (n, q) in (1..).zip(queued) {
+            assert_eq!(q.await.unwrap().unwrap(), n);
+        }
+
+        // A write that waited `slow` behind a held thread: the next one brings a second
+        // thread, which runs both; idle, it ends, and the held one is left.
+        let slow = Duration::from_millis(20);
+        let volume = Volume::new(Duration::from_secs(1), slow);
+        let (release, first) = hold(&volume);
+        until(|| volume.threads() == 1).await;
+        let early = tokio::spawn({
+            let volume = volume.clone();
+            async move { volume.run(|| -> Done { Ok(1) }).await }
+        });
+        until(|| volume.queued() == 1).await;
+        tokio::time::sleep(slow * 2).await;
+        let late = volume.run(|| -> Done { Ok(2) });
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), late)
+                .await
+                .expect("a second thread runs the writes the held one cannot")
+                .unwrap(),
+            2
+        );
+        assert_eq!(early.await.unwrap().unwrap(), 1);
+        assert_eq!(volume.threads(), 2);
+        until(|| volume.threads() == 1).await;
+        assert_eq!(volume.threads(), 1, "the second thread ended when idle");
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn idle_threads_end_and_come_back_on_demand() {
-        let volume = Volume::new(Duration::from_millis(20));
+        let volume = Volume::new(Duration::from_millis(20), SLOW_VOLUME);
         volume.run(|| -> Done { Ok(1) }).await.unwrap();
         assert_eq!(volume.threads(), 1);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -332,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_the_thread_survives() {
-        let volume = Volume::new(KEEP_ALIVE);
+        let volume = Volume::new(KEEP_ALIVE, SLOW_VOLUME);
         let panicked = volume.run(|| -> Done { panic!("boom") }).await;
         assert!(panicked.unwrap_err().to_string().contains("panicked"));
         assert_eq!(volume.threads(), 1);
