@@ -27,7 +27,8 @@ use crate::priority;
 /// into one directory take its lock in the kernel in turn, so a second thread mostly waits on
 /// that lock, and waking it for every write cost more than it saved. On a slow one (a disk,
 /// where each write waits for `fsync`) a second doubles the writes in flight. So a second is
-/// given work only once the oldest waiting write has waited [`SLOW_VOLUME`].
+/// given work only once the oldest waiting write has waited [`SLOW_VOLUME`], which is looked at
+/// as writes arrive: behind a stuck write, the next write to the volume brings the second.
 pub const THREADS_PER_VOLUME: usize = 2;
 
 /// How long the oldest write may wait for the busy thread before another takes work: ~200
