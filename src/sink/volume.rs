@@ -104,10 +104,11 @@ impl Volume {
 
     fn submit(self: &Arc<Self>, job: Job) -> Result<(), TaskFailed> {
         let mut queue = self.lock();
-        queue.jobs.push_back((Instant::now(), job));
+        let now = Instant::now();
+        queue.jobs.push_back((now, job));
         // Threads running a job, or woken for one.
         let busy = queue.threads - (queue.idle - queue.woken);
-        let waited = queue.jobs.front().map(|(queued, _)| queued.elapsed());
+        let waited = queue.jobs.front().map(|(queued, _)| now - *queued);
         if busy > 0 && waited.is_some_and(|w| w < self.slow) {
             return Ok(()); // a busy thread takes it soon
         }
