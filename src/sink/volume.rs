@@ -422,10 +422,7 @@ mod tests {
         let volume = Volume::new(Duration::from_millis(20), SLOW_VOLUME);
         volume.run(|| -> Done { Ok(1) }).await.unwrap();
         assert_eq!(volume.threads(), 1);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while volume.threads() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(|| volume.threads() == 0).await;
         assert_eq!(volume.threads(), 0, "the idle thread ended");
         assert_eq!(volume.run(|| -> Done { Ok(2) }).await.unwrap(), 2);
     }
